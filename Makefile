@@ -1,0 +1,38 @@
+# Two entry points, each creating the virtual environment on first use:
+#   make run   - the server on the embedded SQLite default (./soloist.db) with the shop domain
+#   make test  - lint, types and the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint types pytest bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/soloist serve --db soloist.db
+
+test: lint types pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check runtime domain tests benchmarks
+	$(BIN)/ruff format --check runtime domain tests benchmarks
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_command_throughput.py
+	$(BIN)/python benchmarks/bench_queries.py
+	$(BIN)/python benchmarks/bench_socket.py
+
+clean:
+	rm -rf $(VENV) soloist.db soloist.db-wal soloist.db-shm

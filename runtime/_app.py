@@ -1,0 +1,352 @@
+"""Wiring in one task group: ``async with App(domain, "shop.db") as app``.
+
+Order of start: open the log (taking the writer lock) -> rebuild the write model -> open a read-only
+reader -> start the writer actor -> restore replicas from the newest checkpoint -> start them and wait
+until each has caught up with the head. Order of stop: stop taking commands -> the writer drains and
+commits what it holds -> final checkpoint -> cancel replicas -> close the reader and the log.
+
+A *follower* App (``follower_of="host:port"``) has no writer: :meth:`App.replicate` appends events
+that another writer already committed (same positions, verbatim) to a local log, and the broadcast,
+replicas and queries work exactly as on the writer. Commands get :class:`NotWriter`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+import anyio
+import orjson
+import structlog
+
+from ._broadcast import Broadcast, Subscription, SubscriptionStatistics
+from ._errors import ActorStopped, LogCorrupted, NotWriter
+from ._guard import SingleWriterGuard
+from ._log import EventLog, EventRow, LogReader, Synchronous
+from ._messages import Answer, Batch, Receipt, RecordedEvent, TypeRegistry
+from ._queries import Consistency, QueryRouter
+from ._replica import Replica, ReplicaStatistics
+from ._snapshot import SnapshotStore
+from ._writer import Writer, WriterStatistics
+
+if TYPE_CHECKING:
+    import asyncio
+    import os
+    from collections.abc import Sequence
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from ._domain import Domain
+
+__all__ = ["App", "AppStatistics"]
+
+_log = structlog.get_logger("soloist.app")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppStatistics:
+    position: int
+    role: str
+    writer: WriterStatistics | None
+    replicas: tuple[ReplicaStatistics, ...]
+    subscriptions: tuple[SubscriptionStatistics, ...]
+
+
+@final
+class App:
+    """The runtime for one domain and one log file. Use as ``async with App(...) as app``."""
+
+    def __init__(
+        self,
+        domain: Domain[Any],
+        path: str | os.PathLike[str],
+        *,
+        replicas: int = 4,
+        queue_capacity: int = 8192,
+        max_batch: int = 1024,
+        subscriber_buffer: int = 65536,
+        synchronous: Synchronous = "FULL",
+        snapshot_dir: str | os.PathLike[str] | None = None,
+        snapshot_every: int = 0,
+        query_timeout: float = 5.0,
+        follower_of: str | None = None,
+    ) -> None:
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
+        self.domain = domain
+        self.path = Path(path)
+        self.commands = TypeRegistry("command", domain.commands)
+        self.events = TypeRegistry("event", domain.events)
+        self.queries = TypeRegistry("query", domain.queries)
+        self._replica_count = replicas
+        self._queue_capacity = queue_capacity
+        self._max_batch = max_batch
+        self._subscriber_buffer = subscriber_buffer
+        self._synchronous: Synchronous = synchronous
+        self._snapshots = (
+            SnapshotStore(snapshot_dir, domain=domain.name) if snapshot_dir is not None else None
+        )
+        self._snapshot_every = snapshot_every
+        self._query_timeout = query_timeout
+        self.follower_of = follower_of
+        self._stack: AsyncExitStack | None = None
+        self._writer: Writer | None = None
+        self._writer_done = anyio.Event()
+        self._broadcast: Broadcast | None = None
+        self._router: QueryRouter | None = None
+        self._tg: TaskGroup | None = None
+        self._position = 0  # follower only: last replicated position
+        self._replicate_guard = SingleWriterGuard("App.replicate")
+        self._log_handle: EventLog | None = None
+        self._last_checkpoint = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> App:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self._start(stack)
+        except BaseException as exc:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._stack = stack
+        return self
+
+    async def _start(self, stack: AsyncExitStack) -> None:
+        started = time.perf_counter()
+        log = EventLog(self.path, synchronous=self._synchronous)
+        await stack.enter_async_context(log)
+        self._log_handle = log
+        reader = LogReader(self.path, self.events)
+        await stack.enter_async_context(reader)
+        broadcast = Broadcast(reader, buffer=self._subscriber_buffer)
+        self._broadcast = broadcast
+        if self.follower_of is None:
+            writer = Writer(
+                self.domain,
+                log,
+                commands=self.commands,
+                events=self.events,
+                publish=broadcast.publish,
+                capacity=self._queue_capacity,
+                max_batch=self._max_batch,
+            )
+            await writer.recover()
+            self._writer = writer
+            broadcast.head = writer.position
+        else:
+            self._position = await log.head()
+            broadcast.head = self._position
+        head = broadcast.head
+        replicas = [Replica(f"replica-{i}", self.domain, broadcast) for i in range(self._replica_count)]
+        if self._snapshots is not None:
+            snapshot = await anyio.to_thread.run_sync(lambda: self._snapshots.load(max_position=head))  # type: ignore[union-attr]
+            if snapshot is not None:
+                for replica in replicas:
+                    replica.restore(snapshot.position, orjson.loads(snapshot.body))
+                self._last_checkpoint = snapshot.position
+                _log.info("replicas_restored", snapshot=str(snapshot.path), position=snapshot.position)
+        self._router = QueryRouter(replicas, self._head, timeout=self._query_timeout)
+        tg = anyio.create_task_group()
+        await stack.enter_async_context(tg)
+        self._tg = tg
+        if self._writer is not None:
+            await tg.start(self._run_writer, self._writer)
+        for replica in replicas:
+            await tg.start(replica.run)
+        if self._snapshots is not None and self._snapshot_every > 0:
+            tg.start_soon(self._checkpoint_loop)
+        for replica in replicas:
+            await replica.wait_for(head, timeout=3600)
+        _log.info(
+            "app_started",
+            domain=self.domain.name,
+            db=str(self.path),
+            role="follower" if self.follower_of else "writer",
+            position=head,
+            replicas=len(replicas),
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    async def _run_writer(self, writer: Writer, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            await writer.run(task_status=task_status)
+        finally:
+            self._writer_done.set()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return None
+        try:
+            with anyio.CancelScope(shield=True):
+                if self._writer is not None:
+                    self._writer.close()  # stop taking commands; the actor drains what it holds
+                    with anyio.move_on_after(30):
+                        await self._writer_done.wait()
+                if self._snapshots is not None and exc_type is None:
+                    with anyio.move_on_after(30):
+                        await self.checkpoint()
+                if self._tg is not None:
+                    self._tg.cancel_scope.cancel()
+        finally:
+            result = await stack.__aexit__(exc_type, exc, tb)  # the log and reader close shielded
+        _log.info("app_stopped", domain=self.domain.name, position=self.position)
+        return result
+
+    # -- commands -------------------------------------------------------------------------------------
+
+    def _require_writer(self) -> Writer:
+        if self._writer is None:
+            if self.follower_of is not None:
+                raise NotWriter(self.follower_of)
+            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+        return self._writer
+
+    async def execute(
+        self,
+        command: object,
+        *,
+        idempotency_key: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Receipt:
+        """Decide and durably append a command; the receipt carries the position it reached.
+
+        ``wait=False`` or a ``timeout`` bound only the wait for room in the queue (then :class:`Overloaded`,
+        and nothing was done); once queued, the command is decided and committed.
+        """
+        return await self._require_writer().submit(
+            command, idempotency_key=idempotency_key, wait=wait, timeout=timeout
+        )
+
+    def submit_nowait(
+        self, command: object, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[Receipt]:
+        """Queue a command without waiting; a future of its receipt. For callback-driven servers."""
+        return self._require_writer().submit_nowait(command, idempotency_key=idempotency_key)
+
+    # -- follower -------------------------------------------------------------------------------------
+
+    async def replicate(self, events: Sequence[RecordedEvent]) -> None:
+        """Append events another writer committed (positions must continue this log) and publish them."""
+        if self.follower_of is None or self._log_handle is None or self._broadcast is None:
+            raise ActorStopped("replicate() is for a running follower App (follower_of=...)")
+        if not events:
+            return
+        expected = self._position + 1
+        positions_ok = all(e.position == expected + i for i, e in enumerate(events))
+        if not positions_ok:
+            raise LogCorrupted(
+                f"replicated events must continue at position {expected}; got "
+                f"{events[0].position}..{events[-1].position} ({len(events)} events)"
+            )
+        dumps = orjson.dumps
+        rows: list[EventRow] = [
+            (
+                e.position,
+                e.stream,
+                e.version,
+                e.type,
+                e.schema,
+                dumps(e.data),
+                e.command_id,
+                e.idempotency_key,
+                e.recorded_at,
+            )
+            for e in events
+        ]
+        with self._replicate_guard:
+            await self._log_handle.append(rows)
+        self._position = events[-1].position
+        self._broadcast.publish(Batch(events=tuple(events), committed_at=time.monotonic()))
+
+    # -- queries --------------------------------------------------------------------------------------
+
+    @property
+    def router(self) -> QueryRouter:
+        if self._router is None:
+            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+        return self._router
+
+    def query_nowait(self, query: object) -> Answer:
+        """Eventual consistency, answered now in the caller's task (no hop)."""
+        return self.router.query_nowait(query)
+
+    async def query(
+        self,
+        query: object,
+        *,
+        consistency: Consistency = "eventual",
+        min_position: int | None = None,
+        timeout: float | None = None,
+    ) -> Answer:
+        """Answer a query at the asked consistency (see :mod:`runtime._queries`)."""
+        return await self.router.query(
+            query, consistency=consistency, min_position=min_position, timeout=timeout
+        )
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def subscribe(self, after: int = 0, *, buffer: int | None = None) -> Subscription:
+        """Every event after position ``after``, in order: catch-up from the log, then live."""
+        if self._broadcast is None:
+            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+        return self._broadcast.subscribe(after, buffer=buffer)
+
+    def _head(self) -> int:
+        return self.position
+
+    @property
+    def position(self) -> int:
+        """The last committed (writer) or replicated (follower) position."""
+        if self._writer is not None:
+            return self._writer.position
+        return self._position
+
+    @property
+    def writer(self) -> Writer:
+        return self._require_writer()
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    async def checkpoint(self) -> Path | None:
+        """Write the read models of the most advanced replica to a snapshot file; None if not configured."""
+        if self._snapshots is None or self._router is None:
+            return None
+        replica = self._router.most_advanced()
+        position = replica.position
+        if position == 0 or position == self._last_checkpoint:
+            return None
+        body = orjson.dumps(replica.models.snapshot())  # in the loop: the models must not move meanwhile
+        store = self._snapshots
+        path = await anyio.to_thread.run_sync(store.write_bytes, position, body)
+        self._last_checkpoint = position
+        _log.info("checkpoint_written", path=str(path), position=position, bytes=len(body))
+        return path
+
+    async def _checkpoint_loop(self) -> None:
+        every = self._snapshot_every
+        while True:
+            await self.router.wait_for(self._last_checkpoint + every, timeout=float("inf"))
+            await self.checkpoint()
+
+    # -- observability --------------------------------------------------------------------------------
+
+    def statistics(self) -> AppStatistics:
+        replicas = self._router.replicas if self._router is not None else ()
+        subscriptions = self._broadcast.subscriptions if self._broadcast is not None else ()
+        return AppStatistics(
+            position=self.position,
+            role="writer" if self.follower_of is None else "follower",
+            writer=self._writer.statistics() if self._writer is not None else None,
+            replicas=tuple(r.statistics() for r in replicas),
+            subscriptions=tuple(s.statistics() for s in subscriptions),
+        )

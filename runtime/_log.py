@@ -1,0 +1,274 @@
+"""The SQLite event log: the truth. One table of events, one of idempotency keys, WAL mode.
+
+- ``events.position`` is the global position, assigned by the single writer: 1, 2, 3, ... gap-free.
+- ``UNIQUE(stream, version)``: per-stream versions, checked by SQLite as a last line of defence.
+- ``idempotency`` rows are written in the same transaction as the events the command produced.
+- :class:`EventLog` is the write side (one connection, owned by the writer, plus an OS lock file so
+  that a second writer *process* fails fast); :class:`LogReader` is a read-only connection for
+  catch-up reads, so readers never queue behind a commit.
+
+One batch = one transaction = ``executemany`` (events) [+ ``executemany`` (keys)] + ``commit``:
+each aiosqlite call is a thread hop (~50 us), so the count of calls per batch is what matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, final
+
+import aiosqlite
+import anyio
+import orjson
+
+from ._errors import LogCorrupted, PersistenceError, WriterLocked, translate_sqlite_error
+from ._messages import RecordedEvent, TypeRegistry
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import AsyncIterator, Sequence
+
+__all__ = ["EventLog", "EventRow", "KeyRow", "LogReader", "StoredKey"]
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+# position, stream, version, type, schema, data (orjson bytes), command_id, idempotency_key, recorded_at
+EventRow = tuple[int, str, int, str, int, bytes, str, str | None, float]
+# key, fingerprint, position
+KeyRow = tuple[str, str, int]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS events (
+    position        INTEGER PRIMARY KEY,
+    stream          TEXT    NOT NULL,
+    version         INTEGER NOT NULL,
+    type            TEXT    NOT NULL,
+    schema          INTEGER NOT NULL,
+    data            BLOB    NOT NULL,
+    command_id      TEXT    NOT NULL,
+    idempotency_key TEXT,
+    recorded_at     REAL    NOT NULL,
+    UNIQUE (stream, version)
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT    NOT NULL,
+    position    INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');
+"""
+
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (position, stream, version, type, schema, data, command_id, idempotency_key, "
+    "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_KEY: Final = "INSERT INTO idempotency (key, fingerprint, position) VALUES (?, ?, ?)"
+_SELECT_FROM: Final = (
+    "SELECT position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at "
+    "FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
+_SELECT_STREAM: Final = (
+    "SELECT position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at "
+    "FROM events WHERE stream = ? ORDER BY version"
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredKey:
+    fingerprint: str
+    position: int
+
+
+def decode_rows(rows: Sequence[Any], events: TypeRegistry) -> list[RecordedEvent]:
+    """Rows -> recorded events with their domain event decoded (unknown types stay plain dicts)."""
+    decoders = events.decoders()
+    out: list[RecordedEvent] = []
+    append = out.append
+    loads = orjson.loads
+    for position, stream, version, type_name, schema, data, command_id, key, recorded_at in rows:
+        body = loads(data)
+        decoder = decoders.get(type_name)
+        append(
+            RecordedEvent(
+                position=position,
+                stream=stream,
+                version=version,
+                type=type_name,
+                data=body if decoder is None else decoder(body, ""),
+                recorded_at=recorded_at,
+                command_id=command_id,
+                idempotency_key=key,
+                schema=schema,
+            )
+        )
+    return out
+
+
+async def _connect(path: Path, *, read_only: bool, synchronous: Synchronous) -> aiosqlite.Connection:
+    try:
+        if read_only:
+            conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            await conn.execute("PRAGMA query_only = ON")
+        else:
+            conn = await aiosqlite.connect(path, check_same_thread=False)
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute(f"PRAGMA synchronous = {synchronous}")
+            # Measured here: checkpointing every 10k pages instead of 1k gave 1.6x in steady state.
+            await conn.execute("PRAGMA wal_autocheckpoint = 10000")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        await conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
+        return conn
+    except sqlite3.Error as exc:
+        raise translate_sqlite_error(exc, what=f"opening the event log {path}") from exc
+
+
+@final
+class EventLog:
+    """The write side of the log. Only the writer calls ``append``; a lock file keeps other processes out."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: Synchronous = "FULL") -> None:
+        self.path = Path(path)
+        self._synchronous: Synchronous = synchronous
+        self._conn: aiosqlite.Connection | None = None
+        self._lock_file: IO[bytes] | None = None
+
+    async def open(self) -> None:
+        self._acquire_lock()
+        try:
+            self._conn = await _connect(self.path, read_only=False, synchronous=self._synchronous)
+            try:
+                await self._conn.executescript(_SCHEMA)
+                await self._conn.commit()
+            except sqlite3.Error as exc:
+                raise translate_sqlite_error(exc, what=f"creating the schema of {self.path}") from exc
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def _acquire_lock(self) -> None:
+        lock_path = f"{self.path}.lock"
+        handle = open(lock_path, "a+b")  # noqa: SIM115 - held open for the log's lifetime
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise WriterLocked(str(self.path)) from None
+        self._lock_file = handle
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                with anyio.move_on_after(10, shield=True):  # closing must survive a cancelled caller
+                    await conn.close()
+        finally:
+            if self._lock_file is not None:
+                self._lock_file.close()  # closing the descriptor releases the flock
+                self._lock_file = None
+
+    async def __aenter__(self) -> EventLog:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def _c(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise PersistenceError(f"the event log {self.path} is not open; use `async with EventLog(...)`")
+        return self._conn
+
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
+        """Append a batch of events (and the idempotency keys they answer) in one durable transaction."""
+        conn = self._c
+        try:
+            # The sqlite3 module opens the transaction implicitly before the first INSERT.
+            if rows:
+                await conn.executemany(_INSERT_EVENT, rows)
+            if keys:
+                await conn.executemany(_INSERT_KEY, keys)
+            await conn.commit()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.rollback()
+            raise translate_sqlite_error(exc, what=f"appending {len(rows)} events to {self.path}") from exc
+
+    async def head(self) -> int:
+        """The last committed global position (0 for an empty log)."""
+        async with self._c.execute("SELECT COALESCE(MAX(position), 0) FROM events") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    async def keys(self) -> dict[str, StoredKey]:
+        """Every idempotency key with its fingerprint and position (loaded once, at recovery)."""
+        rows = await self._c.execute_fetchall("SELECT key, fingerprint, position FROM idempotency")
+        return {k: StoredKey(fingerprint=f, position=p) for k, f, p in rows}
+
+    async def scan(
+        self, events: TypeRegistry, *, after: int = 0, chunk: int = 5000
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Every event after ``after``, in order, in chunks; checks that positions have no gap."""
+        expected = after + 1
+        while True:
+            rows = list(await self._c.execute_fetchall(_SELECT_FROM, (after, chunk)))
+            if not rows:
+                return
+            if rows[0][0] != expected or rows[-1][0] != expected + len(rows) - 1:
+                raise LogCorrupted(
+                    f"{self.path}: positions after {after} are not contiguous (expected {expected}, "
+                    f"found {rows[0][0]}..{rows[-1][0]} in {len(rows)} rows); the log was edited by hand"
+                )
+            expected += len(rows)
+            after = rows[-1][0]
+            yield decode_rows(rows, events)
+
+
+@final
+class LogReader:
+    """A read-only connection for catch-up reads (WAL: readers never block the writer)."""
+
+    def __init__(self, path: str | os.PathLike[str], events: TypeRegistry) -> None:
+        self.path = Path(path)
+        self._events = events
+        self._conn: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        self._conn = await _connect(self.path, read_only=True, synchronous="NORMAL")
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with anyio.move_on_after(10, shield=True):
+                await conn.close()
+
+    async def __aenter__(self) -> LogReader:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
+        """Up to ``limit`` events with a position above ``after``, in order."""
+        if self._conn is None:
+            raise PersistenceError(f"the log reader of {self.path} is not open")
+        try:
+            rows = await self._conn.execute_fetchall(_SELECT_FROM, (after, limit))
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc, what=f"reading {self.path} after position {after}") from exc
+        return decode_rows(list(rows), self._events)
+
+    async def read_stream(self, stream: str) -> list[RecordedEvent]:
+        """Every event of one stream, by version."""
+        if self._conn is None:
+            raise PersistenceError(f"the log reader of {self.path} is not open")
+        rows = await self._conn.execute_fetchall(_SELECT_STREAM, (stream,))
+        return decode_rows(list(rows), self._events)

@@ -1,0 +1,124 @@
+"""Query routing across replicas, with the consistency each query asks for.
+
+- ``eventual``: any ready replica, now (round robin); no waiting, no hop.
+- ``session``: a replica that has applied ``min_position`` (read-your-writes: pass a receipt's position);
+  if none has yet, wait on the most advanced one.
+- ``strong``: like ``session`` with the writer's last committed position at the time of the query.
+Every answer carries the position it reflects.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, Literal, final
+
+import anyio
+
+from ._errors import ActorStopped, BadRequest, ConsistencyTimeout
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable, Sequence
+
+    from ._messages import Answer
+    from ._replica import Replica
+
+__all__ = ["CONSISTENCY_LEVELS", "Consistency", "QueryRouter"]
+
+Consistency = Literal["eventual", "session", "strong"]
+CONSISTENCY_LEVELS: Final = ("eventual", "session", "strong")
+
+
+@final
+class QueryRouter:
+    """Picks a replica for each query (round robin over ready replicas) and waits when asked to."""
+
+    def __init__(self, replicas: Sequence[Replica], head: Callable[[], int], *, timeout: float = 5.0) -> None:
+        if not replicas:
+            raise ValueError("a query router needs at least one replica")
+        self._replicas = list(replicas)
+        self._head = head
+        self._next = 0
+        self.timeout = timeout
+
+    @property
+    def replicas(self) -> Sequence[Replica]:
+        return self._replicas
+
+    def target(self, consistency: str, min_position: int | None) -> int:
+        """The position an answer must reflect for this consistency level."""
+        if consistency == "eventual":
+            return 0
+        if consistency == "strong":
+            return self._head()
+        if consistency == "session":
+            if min_position is None or type(min_position) is not int or min_position < 0:
+                raise BadRequest(
+                    "session consistency needs a non-negative integer min_position (a receipt's position)",
+                    field="min_position",
+                )
+            return min_position
+        raise BadRequest(
+            f"expected one of {list(CONSISTENCY_LEVELS)}, got {consistency!r}", field="consistency"
+        )
+
+    def pick(self, target: int = 0) -> Replica | None:
+        """A ready replica that has applied ``target``, round robin; None if there is none."""
+        replicas = self._replicas
+        n = len(replicas)
+        start = self._next
+        for i in range(n):
+            replica = replicas[(start + i) % n]
+            if replica.ready and replica.position >= target:
+                self._next = (start + i + 1) % n
+                return replica
+        return None
+
+    def most_advanced(self) -> Replica:
+        live = [r for r in self._replicas if not r.failed] or self._replicas
+        return max(live, key=lambda r: (r.ready, r.position))
+
+    def query_nowait(self, query: object, target: int = 0) -> Answer:
+        """Answer now from a replica at ``target`` or beyond; :class:`ConsistencyTimeout` if none is there yet."""
+        replica = self.pick(target)
+        if replica is None:
+            best = self.most_advanced()
+            if target == 0 and not best.failed:
+                return best.query_nowait(query)  # eventual: a replica still catching up still answers
+            raise ConsistencyTimeout(target, best.position, 0)
+        return replica.query_nowait(query)
+
+    async def query(
+        self,
+        query: object,
+        *,
+        consistency: Consistency = "eventual",
+        min_position: int | None = None,
+        timeout: float | None = None,
+    ) -> Answer:
+        """Answer ``query`` at the asked consistency, waiting (up to ``timeout``) for a replica to catch up."""
+        target = self.target(consistency, min_position)
+        replica = self.pick(target)
+        if replica is not None:
+            return replica.query_nowait(query)
+        best = self.most_advanced()
+        if best.failed:
+            raise ActorStopped("every replica has failed; see the log for replica_apply_failed")
+        limit = self.timeout if timeout is None else timeout
+        await best.wait_for(target, limit)
+        return (self.pick(target) or best).query_nowait(query)
+
+    def wait_future(self, target: int) -> tuple[Replica, asyncio.Future[None]]:
+        """For callback-driven callers (the socket server): a replica and a future for when it reaches ``target``."""
+        best = self.most_advanced()
+        return best, best.wait_future(target)
+
+    async def wait_for(self, target: int, timeout: float | None = None) -> None:
+        """Wait until some replica has applied ``target``."""
+        if self.pick(target) is not None:
+            return
+        limit = self.timeout if timeout is None else timeout
+        try:
+            with anyio.fail_after(limit):
+                await self.most_advanced().wait_future(target)
+        except TimeoutError:
+            raise ConsistencyTimeout(target, self.most_advanced().position, limit) from None

@@ -1,0 +1,123 @@
+"""Read-model checkpoints: one file per checkpoint, a JSON header line then an orjson body.
+
+Header: ``{"format": "soloist-snapshot", "version": 1, "domain": ..., "schema": ..., "position": ...,
+"length": ..., "sha256": ...}``. A file whose header, length or checksum does not match, whose schema
+differs from the domain's, or whose position is beyond the log's head, is skipped (and logged); the
+caller then replays from the log. Files are written to a temporary name, fsynced and renamed, so a
+crash leaves either the old checkpoint or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, final
+
+import orjson
+import structlog
+
+__all__ = ["Snapshot", "SnapshotStore"]
+
+_FORMAT: Final = "soloist-snapshot"
+_VERSION: Final = 1
+_log = structlog.get_logger("soloist.snapshot")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    position: int
+    body: bytes  # orjson; each replica decodes its own copy, so no two replicas share mutable state
+    path: Path
+
+
+@final
+class SnapshotStore:
+    """Checkpoints of one domain's read models in a directory; keeps the newest ``keep`` files."""
+
+    def __init__(
+        self, directory: str | os.PathLike[str], *, domain: str, schema: int = 1, keep: int = 2
+    ) -> None:
+        self.directory = Path(directory)
+        self._domain = domain
+        self._schema = schema
+        self._keep = keep
+
+    def _files(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob(f"{self._domain}-*.snapshot"), reverse=True)
+
+    def write(self, position: int, state: object) -> Path:
+        """Serialise and write atomically (blocking: call it from a worker thread for big states)."""
+        body = orjson.dumps(state)
+        return self.write_bytes(position, body)
+
+    def write_bytes(self, position: int, body: bytes) -> Path:
+        header = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "domain": self._domain,
+            "schema": self._schema,
+            "position": position,
+            "length": len(body),
+            "sha256": hashlib.sha256(body).hexdigest(),
+        }
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{self._domain}-{position:020d}.snapshot"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(header) + b"\n")
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        for old in self._files()[self._keep :]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load(self, *, max_position: int) -> Snapshot | None:
+        """The newest valid checkpoint at or below ``max_position`` (blocking), or None."""
+        for path in self._files():
+            try:
+                snapshot = self._read(path, max_position)
+            except (OSError, ValueError) as exc:
+                _log.warning("snapshot_rejected", path=str(path), reason=str(exc))
+                continue
+            return snapshot
+        return None
+
+    def _read(self, path: Path, max_position: int) -> Snapshot:
+        raw = path.read_bytes()
+        newline = raw.find(b"\n")
+        if newline < 0:
+            raise ValueError("no header line")
+        header = orjson.loads(raw[:newline])
+        if (
+            not isinstance(header, dict)
+            or header.get("format") != _FORMAT
+            or header.get("version") != _VERSION
+        ):
+            raise ValueError(f"not a {_FORMAT} v{_VERSION} file")
+        if header.get("domain") != self._domain or header.get("schema") != self._schema:
+            raise ValueError(
+                f"made for domain {header.get('domain')!r} schema {header.get('schema')}, "
+                f"need {self._domain!r} schema {self._schema}"
+            )
+        body = raw[newline + 1 :]
+        if len(body) != header.get("length"):
+            raise ValueError(f"body is {len(body)} bytes, header says {header.get('length')} (truncated?)")
+        if hashlib.sha256(body).hexdigest() != header.get("sha256"):
+            raise ValueError("checksum mismatch (corrupted)")
+        position = header.get("position")
+        if not isinstance(position, int) or position < 0:
+            raise ValueError(f"bad position {position!r}")
+        if position > max_position:
+            raise ValueError(f"position {position} is beyond the log's head {max_position} (stale database?)")
+        return Snapshot(position=position, body=body, path=path)

@@ -1,0 +1,171 @@
+"""A tiny bank domain for the runtime's own tests: accounts, deposits, withdrawals, transfers.
+
+Pure decide/evolve over ``account-<id>`` streams; a transfer touches two streams in one command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runtime import Domain, DomainError, NotFound, RecordedEvent
+
+
+class Refused(Exception):
+    """A business rule of the toy bank."""
+
+
+class Missing(Exception):
+    """A query for an unknown account."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Open:
+    account: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deposit:
+    account: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Withdraw:
+    account: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transfer:
+    source: str
+    target: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Crash:
+    """A command whose decide raises an undeclared exception (a bug)."""
+
+    account: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Opened:
+    account: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Moved:
+    account: str
+    delta: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Balance:
+    account: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Total:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    balance: int
+
+
+def stream_of(event: Opened | Moved) -> str:
+    return f"account-{event.account}"
+
+
+def _balance(states: Mapping[str, Account], account: str) -> int:
+    state = states.get(f"account-{account}")
+    if state is None:
+        raise Refused(f"account {account!r} does not exist")
+    return state.balance
+
+
+def decide(states: Mapping[str, Account], command: Any) -> Sequence[object]:
+    if isinstance(command, Open):
+        if f"account-{command.account}" in states:
+            raise Refused(f"account {command.account!r} exists")
+        return [Opened(account=command.account)]
+    if isinstance(command, Deposit):
+        _balance(states, command.account)
+        if command.amount <= 0:
+            raise Refused(f"amount must be positive, got {command.amount}")
+        return [Moved(account=command.account, delta=command.amount)]
+    if isinstance(command, Withdraw):
+        if _balance(states, command.account) < command.amount:
+            raise Refused(f"insufficient funds in {command.account!r}")
+        return [Moved(account=command.account, delta=-command.amount)]
+    if isinstance(command, Transfer):
+        if _balance(states, command.source) < command.amount or command.amount <= 0:
+            raise Refused(f"cannot move {command.amount} from {command.source!r}")
+        _balance(states, command.target)
+        return [
+            Moved(account=command.source, delta=-command.amount),
+            Moved(account=command.target, delta=command.amount),
+        ]
+    if isinstance(command, Crash):
+        raise ZeroDivisionError("a bug in decide")
+    raise TypeError(f"unknown command {command!r}")
+
+
+def evolve(state: Account | None, event: Any) -> Account:
+    if isinstance(event, Opened):
+        return Account(balance=0)
+    assert state is not None
+    return Account(balance=state.balance + event.delta)
+
+
+class Bank:
+    """Read models: balances by account, and the bank's total."""
+
+    def __init__(self) -> None:
+        self.balances: dict[str, int] = {}
+        self.total = 0
+        self.applied: list[int] = []
+
+    def apply(self, event: RecordedEvent) -> None:
+        self.applied.append(event.position)
+        data = event.data
+        if isinstance(data, Opened):
+            self.balances[data.account] = 0
+        elif isinstance(data, Moved):
+            self.balances[data.account] += data.delta
+            self.total += data.delta
+
+    def query(self, query: object) -> object:
+        if isinstance(query, Balance):
+            if query.account not in self.balances:
+                raise Missing(f"no account {query.account!r}")
+            return self.balances[query.account]
+        if isinstance(query, Total):
+            return self.total
+        raise TypeError(query)
+
+    def snapshot(self) -> object:
+        return {"balances": self.balances, "total": self.total, "applied": self.applied}
+
+    def restore(self, state: object) -> None:
+        assert isinstance(state, dict)
+        self.balances = dict(state["balances"])
+        self.total = state["total"]
+        self.applied = list(state["applied"])
+
+
+BANK: Domain[Account] = Domain(
+    name="bank",
+    commands=(Open, Deposit, Withdraw, Transfer, Crash),
+    events=(Opened, Moved),
+    queries=(Balance, Total),
+    decide=decide,
+    evolve=evolve,
+    stream_of=stream_of,
+    read_models=Bank,
+    errors={Refused: DomainError, Missing: NotFound},
+)
