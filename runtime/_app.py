@@ -87,9 +87,7 @@ class App:
         self._max_batch = max_batch
         self._subscriber_buffer = subscriber_buffer
         self._synchronous: Synchronous = synchronous
-        self._snapshots = (
-            SnapshotStore(snapshot_dir, domain=domain.name) if snapshot_dir is not None else None
-        )
+        self._snapshots = SnapshotStore(snapshot_dir, domain=domain.name) if snapshot_dir is not None else None
         self._snapshot_every = snapshot_every
         self._query_timeout = query_timeout
         self.follower_of = follower_of
@@ -122,6 +120,8 @@ class App:
         log = EventLog(self.path, synchronous=self._synchronous)
         await stack.enter_async_context(log)
         self._log_handle = log
+        if self._snapshots is not None:
+            self._snapshots.log_id = log.log_id
         reader = LogReader(self.path, self.events)
         await stack.enter_async_context(reader)
         broadcast = Broadcast(reader, buffer=self._subscriber_buffer)
@@ -223,13 +223,9 @@ class App:
         ``wait=False`` or a ``timeout`` bound only the wait for room in the queue (then :class:`Overloaded`,
         and nothing was done); once queued, the command is decided and committed.
         """
-        return await self._require_writer().submit(
-            command, idempotency_key=idempotency_key, wait=wait, timeout=timeout
-        )
+        return await self._require_writer().submit(command, idempotency_key=idempotency_key, wait=wait, timeout=timeout)
 
-    def submit_nowait(
-        self, command: object, *, idempotency_key: str | None = None
-    ) -> asyncio.Future[Receipt]:
+    def submit_nowait(self, command: object, *, idempotency_key: str | None = None) -> asyncio.Future[Receipt]:
         """Queue a command without waiting; a future of its receipt. For callback-driven servers."""
         return self._require_writer().submit_nowait(command, idempotency_key=idempotency_key)
 
@@ -289,9 +285,7 @@ class App:
         timeout: float | None = None,
     ) -> Answer:
         """Answer a query at the asked consistency (see :mod:`runtime._queries`)."""
-        return await self.router.query(
-            query, consistency=consistency, min_position=min_position, timeout=timeout
-        )
+        return await self.router.query(query, consistency=consistency, min_position=min_position, timeout=timeout)
 
     # -- events ---------------------------------------------------------------------------------------
 
@@ -310,6 +304,13 @@ class App:
         if self._writer is not None:
             return self._writer.position
         return self._position
+
+    @property
+    def log(self) -> EventLog:
+        """The write side of the event log (for operations such as ``set_pragma``)."""
+        if self._log_handle is None:
+            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+        return self._log_handle
 
     @property
     def writer(self) -> Writer:

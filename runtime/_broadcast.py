@@ -47,9 +47,7 @@ class SubscriptionStatistics:
 class Subscription:
     """An ordered, gap-free stream of batches after ``position``: catch-up from the log, then live."""
 
-    def __init__(
-        self, broadcast: Broadcast, after: int, capacity: int, source: EventSource, chunk: int
-    ) -> None:
+    def __init__(self, broadcast: Broadcast, after: int, capacity: int, source: EventSource, chunk: int) -> None:
         self._broadcast = broadcast
         self._source = source
         self._capacity = capacity
@@ -162,6 +160,12 @@ class Subscription:
             waiter = self._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     async def __aenter__(self) -> Subscription:
         return self

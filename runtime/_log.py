@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');
+INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', lower(hex(randomblob(16))));
 """
 
 _INSERT_EVENT: Final = (
@@ -138,6 +139,7 @@ class EventLog:
         self._synchronous: Synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None
         self._lock_file: IO[bytes] | None = None
+        self.log_id = ""  # random id made when the file was created: checkpoints name the log they belong to
 
     async def open(self) -> None:
         self._acquire_lock()
@@ -146,6 +148,8 @@ class EventLog:
             try:
                 await self._conn.executescript(_SCHEMA)
                 await self._conn.commit()
+                rows = await self._conn.execute_fetchall("SELECT value FROM meta WHERE name = 'log_id'")
+                self.log_id = str(next(iter(rows))[0])
             except sqlite3.Error as exc:
                 raise translate_sqlite_error(exc, what=f"creating the schema of {self.path}") from exc
         except BaseException:
@@ -200,6 +204,20 @@ class EventLog:
             with contextlib.suppress(sqlite3.Error):
                 await conn.rollback()
             raise translate_sqlite_error(exc, what=f"appending {len(rows)} events to {self.path}") from exc
+
+    async def set_pragma(self, name: str, value: int | str) -> None:
+        """Set a pragma on the write connection (e.g. ``max_page_count`` to cap the file's size)."""
+        if not name.isidentifier() or not (isinstance(value, int) or str(value).isidentifier()):
+            raise ValueError(f"bad pragma {name!r} = {value!r}")
+        try:
+            await self._c.execute(f"PRAGMA {name} = {value}")
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc, what=f"PRAGMA {name} on {self.path}") from exc
+
+    async def page_count(self) -> int:
+        async with self._c.execute("PRAGMA page_count") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row is not None else 0
 
     async def head(self) -> int:
         """The last committed global position (0 for an empty log)."""

@@ -220,9 +220,7 @@ def _compile_dataclass(cls: type) -> Callable[[object, str], object]:
                 raise BadRequest(f"required field of {label} is missing", field=prefix + name)
         if len(kwargs) != len(value):
             extra = sorted(k for k in value if k not in names)
-            raise BadRequest(
-                f"unknown field of {label}; its fields are {sorted(names)}", field=prefix + str(extra[0])
-            )
+            raise BadRequest(f"unknown field of {label}; its fields are {sorted(names)}", field=prefix + str(extra[0]))
         return cls(**kwargs)
 
     return decode

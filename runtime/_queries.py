@@ -9,6 +9,7 @@ Every answer carries the position it reflects.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Final, Literal, final
 
 import anyio
@@ -16,7 +17,6 @@ import anyio
 from ._errors import ActorStopped, BadRequest, ConsistencyTimeout
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable, Sequence
 
     from ._messages import Answer
@@ -57,9 +57,7 @@ class QueryRouter:
                     field="min_position",
                 )
             return min_position
-        raise BadRequest(
-            f"expected one of {list(CONSISTENCY_LEVELS)}, got {consistency!r}", field="consistency"
-        )
+        raise BadRequest(f"expected one of {list(CONSISTENCY_LEVELS)}, got {consistency!r}", field="consistency")
 
     def pick(self, target: int = 0) -> Replica | None:
         """A ready replica that has applied ``target``, round robin; None if there is none."""
@@ -98,27 +96,50 @@ class QueryRouter:
         """Answer ``query`` at the asked consistency, waiting (up to ``timeout``) for a replica to catch up."""
         target = self.target(consistency, min_position)
         replica = self.pick(target)
-        if replica is not None:
-            return replica.query_nowait(query)
-        best = self.most_advanced()
-        if best.failed:
-            raise ActorStopped("every replica has failed; see the log for replica_apply_failed")
-        limit = self.timeout if timeout is None else timeout
-        await best.wait_for(target, limit)
-        return (self.pick(target) or best).query_nowait(query)
+        if replica is None:
+            await self.wait_for(target, timeout)
+            replica = self.pick(target) or self.most_advanced()
+        return replica.query_nowait(query)
 
-    def wait_future(self, target: int) -> tuple[Replica, asyncio.Future[None]]:
-        """For callback-driven callers (the socket server): a replica and a future for when it reaches ``target``."""
-        best = self.most_advanced()
-        return best, best.wait_future(target)
+    def wait_future(self, target: int) -> asyncio.Future[None]:
+        """A future resolved once some live replica has applied ``target``.
+
+        It waits on the most advanced replica; if that one stops (fails, is rebuilt), the wait moves
+        to the next. It fails with :class:`ActorStopped` only when no live replica is left. For
+        callback-driven callers (the socket server) and :meth:`wait_for`.
+        """
+        outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def attach() -> None:
+            best = self.most_advanced()
+            if best.failed:
+                outer.set_exception(ActorStopped("every replica has failed; see replica_apply_failed in the log"))
+                return
+            inner = best.wait_future(target)
+
+            def done(future: asyncio.Future[None]) -> None:
+                if outer.done():
+                    return
+                if future.cancelled() or future.exception() is not None:
+                    attach()
+                else:
+                    outer.set_result(None)
+
+            inner.add_done_callback(done)
+
+        attach()
+        return outer
 
     async def wait_for(self, target: int, timeout: float | None = None) -> None:
-        """Wait until some replica has applied ``target``."""
+        """Wait until some replica has applied ``target``; :class:`ConsistencyTimeout` after ``timeout``."""
         if self.pick(target) is not None:
             return
         limit = self.timeout if timeout is None else timeout
+        future = self.wait_future(target)
         try:
             with anyio.fail_after(limit):
-                await self.most_advanced().wait_future(target)
+                await future
         except TimeoutError:
             raise ConsistencyTimeout(target, self.most_advanced().position, limit) from None
+        finally:
+            future.cancel()

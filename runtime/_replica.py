@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import structlog
 
-from ._errors import ConsistencyTimeout, CQRSError, InternalError
+from ._errors import ActorStopped, ConsistencyTimeout, CQRSError, InternalError
 from ._messages import Answer, Batch
 
 if TYPE_CHECKING:
@@ -55,9 +55,7 @@ class ReplicaStatistics:
 class Replica:
     """Applies the broadcast to its own read models and answers queries at its applied position."""
 
-    def __init__(
-        self, name: str, domain: Domain[Any], broadcast: Broadcast, *, lag_samples: int = 10000
-    ) -> None:
+    def __init__(self, name: str, domain: Domain[Any], broadcast: Broadcast, *, lag_samples: int = 10000) -> None:
         self.name = name
         self._domain = domain
         self._broadcast = broadcast
@@ -86,22 +84,20 @@ class Replica:
         if self.position >= target:
             self.ready = True
         task_status.started()
-        apply = self.models.apply
         try:
             async with subscription:
                 while True:
                     batch = subscription.receive_nowait()
                     if batch is None:
                         batch = await subscription.receive()
+                    apply = self.models.apply  # looked up per batch, not per event
                     try:
                         for event in batch.events:
                             apply(event)
                     except Exception as exc:
                         self.failed = True
                         self.ready = False
-                        _log.error(
-                            "replica_apply_failed", replica=self.name, position=self.position, exc_info=exc
-                        )
+                        _log.error("replica_apply_failed", replica=self.name, position=self.position, exc_info=exc)
                         return
                     self._after(batch)
                     self._overflows = subscription.statistics().overflows
@@ -111,8 +107,8 @@ class Replica:
         finally:
             self.ready = False
             for _, _, future in self._waiters:
-                if not future.done():
-                    future.cancel()
+                if not future.done():  # waiters move on to another replica (QueryRouter.wait_future)
+                    future.set_exception(ActorStopped(f"{self.name} stopped at position {self.position}"))
             self._waiters.clear()
 
     def _after(self, batch: Batch) -> None:

@@ -37,9 +37,10 @@ class SnapshotStore:
     """Checkpoints of one domain's read models in a directory; keeps the newest ``keep`` files."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, domain: str, schema: int = 1, keep: int = 2
+        self, directory: str | os.PathLike[str], *, domain: str, log_id: str = "", schema: int = 1, keep: int = 2
     ) -> None:
         self.directory = Path(directory)
+        self.log_id = log_id  # when set, checkpoints of another log file are rejected
         self._domain = domain
         self._schema = schema
         self._keep = keep
@@ -59,6 +60,7 @@ class SnapshotStore:
             "format": _FORMAT,
             "version": _VERSION,
             "domain": self._domain,
+            "log_id": self.log_id,
             "schema": self._schema,
             "position": position,
             "length": len(body),
@@ -99,17 +101,15 @@ class SnapshotStore:
         if newline < 0:
             raise ValueError("no header line")
         header = orjson.loads(raw[:newline])
-        if (
-            not isinstance(header, dict)
-            or header.get("format") != _FORMAT
-            or header.get("version") != _VERSION
-        ):
+        if not isinstance(header, dict) or header.get("format") != _FORMAT or header.get("version") != _VERSION:
             raise ValueError(f"not a {_FORMAT} v{_VERSION} file")
         if header.get("domain") != self._domain or header.get("schema") != self._schema:
             raise ValueError(
                 f"made for domain {header.get('domain')!r} schema {header.get('schema')}, "
                 f"need {self._domain!r} schema {self._schema}"
             )
+        if self.log_id and header.get("log_id") != self.log_id:
+            raise ValueError(f"made for log {header.get('log_id')!r}, this log is {self.log_id!r}")
         body = raw[newline + 1 :]
         if len(body) != header.get("length"):
             raise ValueError(f"body is {len(body)} bytes, header says {header.get('length')} (truncated?)")

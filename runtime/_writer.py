@@ -193,9 +193,7 @@ class Writer:
 
     # -- submission -----------------------------------------------------------------------------------
 
-    def submit_nowait(
-        self, command: object, *, idempotency_key: str | None = None
-    ) -> asyncio.Future[Receipt]:
+    def submit_nowait(self, command: object, *, idempotency_key: str | None = None) -> asyncio.Future[Receipt]:
         """Enqueue a command without waiting; the future resolves after its batch is durable.
 
         Raises :class:`Overloaded` if the queue is full (nothing was enqueued), :class:`ActorStopped` if
@@ -332,9 +330,7 @@ class Writer:
                         outcomes.append(
                             (
                                 sub,
-                                Receipt(
-                                    position=seen.position, command_id=command_id, events=0, duplicate=True
-                                ),
+                                Receipt(position=seen.position, command_id=command_id, events=0, duplicate=True),
                             )
                         )
                     else:
