@@ -88,7 +88,7 @@ __all__ = [
     "TypeRegistry",
     "UnknownType",
     "Writer",
-    "WriterStatistics",
     "WriterLocked",
+    "WriterStatistics",
     "configure_logging",
 ]

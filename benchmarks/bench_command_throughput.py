@@ -1,0 +1,294 @@
+"""How many durable commands/s does the writer sustain, and how close is that to what SQLite can do?
+
+Measured, on a log that already holds 200k events (steady state, not a fresh file), synchronous=FULL:
+
+1. soloist: the shop's ``Restock`` command (one event) through ``App.execute`` with 1, 10, 100 and
+   1,000 concurrent submitters: commands/s and per-command latency p50/p99/p99.9 (submit -> durable ack).
+2. raw ceiling: the same event rows appended with aiosqlite, ``executemany`` + ``commit`` in batches of
+   the size the writer formed at 100 submitters, to a copy of the same log.
+3. one transaction per command: the same rows, ``INSERT`` + ``commit`` each, to a copy of the same log.
+
+Each configuration runs ``--runs`` times (default 3) for ``--seconds`` each on a fresh copy of the
+prefilled log; the table shows medians, and the ratios are computed from the medians of this one run.
+
+    python benchmarks/bench_command_throughput.py [--quick] [--runs 3] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosqlite
+import anyio
+import orjson
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import machine, median, percentile, print_table, write_json  # noqa: E402
+from domain.shop.commands import Restock  # noqa: E402
+from domain.shop.events import ProductAdded, ProductRestocked  # noqa: E402
+from domain.shop.wiring import DOMAIN  # noqa: E402
+from runtime import App, EventLog, configure_logging  # noqa: E402
+from runtime._log import _INSERT_EVENT  # noqa: E402
+
+PRODUCTS = 1000
+
+
+def prefill(path: Path, events: int) -> None:
+    """A log of ``events`` shop events (1,000 products, then restocks), written directly, then checkpointed."""
+
+    async def schema() -> None:
+        async with EventLog(path):
+            pass
+
+    uvloop.run(schema())
+    versions = [0] * PRODUCTS
+    now = time.time()
+    rows = []
+    for i in range(PRODUCTS):
+        event = ProductAdded(
+            sku=f"sku-{i}", name=f"Product {i}", category="bench", price_cents=100 + i, stock=10, description=""
+        )
+        versions[i] = 1
+        rows.append((i + 1, f"product-sku-{i}", 1, "ProductAdded", 1, orjson.dumps(event), "prefill", None, now))
+    for position in range(PRODUCTS + 1, events + 1):
+        i = position % PRODUCTS
+        versions[i] += 1
+        event = ProductRestocked(sku=f"sku-{i}", quantity=1)
+        rows.append(
+            (position, f"product-sku-{i}", versions[i], "ProductRestocked", 1, orjson.dumps(event), "prefill", None, now)
+        )
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.executemany(_INSERT_EVENT, rows)
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
+
+
+def fresh_copy(template: Path, workdir: Path, name: str) -> Path:
+    target = workdir / name
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(target) + suffix).unlink(missing_ok=True)
+    shutil.copyfile(template, target)
+    return target
+
+
+async def run_soloist(path: Path, submitters: int, seconds: float) -> dict[str, float]:
+    """``submitters`` tasks each awaiting ``App.execute`` in a loop until the deadline."""
+    latencies: list[float] = []
+    async with App(DOMAIN, path) as app:
+        start_position = app.position
+        deadline = time.perf_counter() + seconds
+
+        async def submitter(n: int) -> None:
+            sku = f"sku-{n % PRODUCTS}"
+            clock = time.perf_counter
+            execute = app.execute
+            record = latencies.append
+            while True:
+                t0 = clock()
+                if t0 >= deadline:
+                    return
+                await execute(Restock(sku=sku, quantity=1))
+                record(clock() - t0)
+
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for n in range(submitters):
+                tg.start_soon(submitter, n)
+        elapsed = time.perf_counter() - started
+        stats = app.writer.statistics()
+        assert app.position - start_position == len(latencies)
+    latencies.sort()
+    return {
+        "commands_per_s": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "p999_ms": percentile(latencies, 99.9) * 1000,
+        "mean_batch": stats.batch_size_mean,
+        "commands": len(latencies),
+    }
+
+
+def _rows(start: int, count: int, versions: list[int]) -> list[tuple[object, ...]]:
+    now = time.time()
+    out = []
+    for position in range(start, start + count):
+        i = position % PRODUCTS
+        versions[i] += 1
+        body = orjson.dumps(ProductRestocked(sku=f"sku-{i}", quantity=1))
+        out.append((position, f"product-sku-{i}", versions[i], "ProductRestocked", 1, body, "raw", None, now))
+    return out
+
+
+async def _open_raw(path: Path) -> tuple[aiosqlite.Connection, int, list[int]]:
+    conn = await aiosqlite.connect(path)
+    await conn.execute("PRAGMA journal_mode = WAL")
+    await conn.execute("PRAGMA synchronous = FULL")
+    await conn.execute("PRAGMA wal_autocheckpoint = 10000")
+    await conn.execute("PRAGMA cache_size = -65536")
+    head = (await (await conn.execute("SELECT MAX(position) FROM events")).fetchone())[0]  # type: ignore[index]
+    versions = [0] * PRODUCTS
+    async with conn.execute("SELECT stream, MAX(version) FROM events GROUP BY stream") as cursor:
+        async for stream, version in cursor:
+            versions[int(stream.rsplit("-", 1)[1])] = version
+    return conn, int(head), versions
+
+
+async def run_raw(path: Path, batch: int, seconds: float) -> dict[str, float]:
+    """The ceiling: pre-encoded rows, one executemany + commit per batch, nothing else."""
+    conn, head, versions = await _open_raw(path)
+    appended = 0
+    try:
+        started = time.perf_counter()
+        deadline = started + seconds
+        while time.perf_counter() < deadline:
+            rows = _rows(head + appended + 1, batch, versions)
+            await conn.executemany(_INSERT_EVENT, rows)
+            await conn.commit()
+            appended += batch
+        elapsed = time.perf_counter() - started
+    finally:
+        await conn.close()
+    return {"events_per_s": appended / elapsed}
+
+
+async def run_per_command(path: Path, seconds: float) -> dict[str, float]:
+    """The naive service: one INSERT + commit per command (row encoding included, as a handler would)."""
+    conn, head, versions = await _open_raw(path)
+    appended = 0
+    latencies: list[float] = []
+    try:
+        started = time.perf_counter()
+        deadline = started + seconds
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= deadline:
+                break
+            (row,) = _rows(head + appended + 1, 1, versions)
+            await conn.execute(_INSERT_EVENT, row)
+            await conn.commit()
+            appended += 1
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - started
+    finally:
+        await conn.close()
+    latencies.sort()
+    return {"events_per_s": appended / elapsed, "p50_ms": percentile(latencies, 50) * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20k-event log, 1 run of 1 s: a smoke run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--events", type=int, default=200_000, help="events in the log before measuring")
+    parser.add_argument("--submitters", default="1,10,100,1000")
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.seconds, args.events = 1, 1.0, 20_000
+    configure_logging("warning")
+    levels = [int(x) for x in args.submitters.split(",")]
+
+    workdir = Path(tempfile.mkdtemp(prefix="soloist-bench-"))
+    try:
+        template = workdir / "template.db"
+        t0 = time.perf_counter()
+        prefill(template, args.events)
+        print(f"prefilled {args.events:,} events in {time.perf_counter() - t0:.1f} s ({template.stat().st_size >> 20} MiB)")
+
+        soloist: dict[int, list[dict[str, float]]] = {n: [] for n in levels}
+        raw: list[dict[str, float]] = []
+        per_command: list[dict[str, float]] = []
+        for run in range(args.runs):
+            for n in levels:
+                path = fresh_copy(template, workdir, "run.db")
+                soloist[n].append(uvloop.run(run_soloist(path, n, args.seconds)))
+            batch_at_100 = round(soloist[100 if 100 in levels else levels[-1]][-1]["mean_batch"]) or 1
+            path = fresh_copy(template, workdir, "run.db")
+            raw.append(uvloop.run(run_raw(path, batch_at_100, args.seconds)) | {"batch": batch_at_100})
+            path = fresh_copy(template, workdir, "run.db")
+            per_command.append(uvloop.run(run_per_command(path, args.seconds)))
+            print(f"run {run + 1}/{args.runs} done", flush=True)
+
+        def med(results: list[dict[str, float]], key: str) -> float:
+            return median([r[key] for r in results])
+
+        rows = []
+        summary: dict[str, object] = {}
+        for n in levels:
+            entry = {k: med(soloist[n], k) for k in ("commands_per_s", "p50_ms", "p99_ms", "p999_ms", "mean_batch")}
+            summary[f"soloist_{n}"] = entry | {"runs": soloist[n]}
+            rows.append(
+                [
+                    f"soloist, {n} submitters",
+                    f"{entry['commands_per_s']:,.0f}",
+                    f"{entry['p50_ms']:.2f}",
+                    f"{entry['p99_ms']:.2f}",
+                    f"{entry['p999_ms']:.2f}",
+                    f"{entry['mean_batch']:.1f}",
+                ]
+            )
+        raw_rate = med(raw, "events_per_s")
+        raw_batch = raw[-1]["batch"]
+        per_rate = med(per_command, "events_per_s")
+        rows.append([f"raw aiosqlite, batches of {raw_batch:.0f}", f"{raw_rate:,.0f}", "", "", "", f"{raw_batch:.0f}"])
+        rows.append(
+            ["one transaction per command", f"{per_rate:,.0f}", f"{med(per_command, 'p50_ms'):.2f}", "", "", "1"]
+        )
+        print_table(
+            f"Durable commands/s on a {args.events:,}-event log, synchronous=FULL (median of {args.runs} x {args.seconds:g} s)",
+            ["configuration", "per s", "p50 ms", "p99 ms", "p99.9 ms", "batch"],
+            rows,
+        )
+        at = 100 if 100 in levels else levels[-1]
+        at_rate = summary[f"soloist_{at}"]["commands_per_s"]  # type: ignore[index]
+        at_p99 = summary[f"soloist_{at}"]["p99_ms"]  # type: ignore[index]
+        ratios = {
+            "vs_raw_ceiling": at_rate / raw_rate,
+            "vs_one_txn_per_command": at_rate / per_rate,
+        }
+        print_table(
+            f"Targets at {at} submitters",
+            ["measure", "target", "measured", "verdict"],
+            [
+                ["share of raw ceiling", ">= 50%", f"{ratios['vs_raw_ceiling']:.0%}", _verdict(ratios["vs_raw_ceiling"] >= 0.5)],
+                [
+                    "speed-up vs one txn per command",
+                    ">= 10x",
+                    f"{ratios['vs_one_txn_per_command']:.1f}x",
+                    _verdict(ratios["vs_one_txn_per_command"] >= 10),
+                ],
+                ["p99 latency", "< 20 ms", f"{at_p99:.2f} ms", _verdict(at_p99 < 20)],
+            ],
+        )
+        path = write_json(
+            "command_throughput",
+            {
+                "machine": machine(),
+                "args": vars(args),
+                "soloist": summary,
+                "raw_ceiling": {"events_per_s": raw_rate, "batch": raw_batch, "runs": raw},
+                "one_txn_per_command": {"events_per_s": per_rate, "runs": per_command},
+                "ratios": ratios,
+            },
+        )
+        print(f"wrote {path}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+if __name__ == "__main__":
+    main()

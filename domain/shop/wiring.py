@@ -1,0 +1,62 @@
+"""The one module that binds the pure shop to the runtime. Nothing else in domain/ imports runtime."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, final
+
+from runtime import BadRequest, Domain, DomainError, NotFound
+
+from .commands import COMMANDS
+from .decider import decide, evolve
+from .errors import InvalidQuery, RuleViolation
+from .errors import NotFound as ShopNotFound
+from .events import EVENTS, stream_of
+from .queries import QUERIES
+from .read_models import ShopReadModels
+from .seed import seed_commands
+
+if TYPE_CHECKING:
+    from runtime import RecordedEvent
+
+    from .state import State
+
+__all__ = ["DOMAIN", "ShopReplicaModels"]
+
+
+@final
+class ShopReplicaModels:
+    """Adapts :class:`ShopReadModels` (which takes a domain event and a position) to ``runtime.ReadModels``."""
+
+    __slots__ = ("_apply", "models")
+
+    def __init__(self) -> None:
+        self.models = ShopReadModels()
+        self._apply = self.models.apply
+
+    def apply(self, event: RecordedEvent) -> None:
+        self._apply(event.data, event.position)
+
+    def query(self, query: object) -> object:
+        return self.models.query(query)
+
+    def snapshot(self) -> object:
+        return self.models.snapshot()
+
+    def restore(self, state: object) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"a shop snapshot is a JSON object, got {type(state).__name__}")
+        self.models.restore(state)
+
+
+DOMAIN: Domain[State] = Domain(
+    name="shop",
+    commands=COMMANDS,
+    events=EVENTS,
+    queries=QUERIES,
+    decide=decide,
+    evolve=evolve,
+    stream_of=stream_of,
+    read_models=ShopReplicaModels,
+    errors={RuleViolation: DomainError, ShopNotFound: NotFound, InvalidQuery: BadRequest},
+    seed=seed_commands,
+)
