@@ -1,0 +1,294 @@
+"""The shop's rules: `decide` turns a command into events, `evolve` folds an event into a state.
+
+Both are pure and synchronous. `decide` reads the states of the streams a command touches from a
+mapping (stream id -> state; a missing key means the stream has no events yet), checks every rule
+*before* building any event, and either returns the events or raises `RuleViolation`. So a rejected
+command emits nothing, and an accepted `PlaceOrder` reserves every line or none.
+
+Invariant kept by these rules: a product's stock = initial + restocks - units in orders that are not
+cancelled, and it is never negative.
+"""
+
+from __future__ import annotations
+
+from functools import singledispatch
+from typing import TYPE_CHECKING, TypeVar
+
+from .commands import (
+    COMMANDS,
+    AddProduct,
+    CancelOrder,
+    ChangePrice,
+    PlaceOrder,
+    RegisterCustomer,
+    Restock,
+    ShipOrder,
+)
+from .errors import RuleViolation
+from .events import (
+    EVENTS,
+    CustomerRegistered,
+    Event,
+    OrderCancelled,
+    OrderLine,
+    OrderPlaced,
+    OrderShipped,
+    PriceChanged,
+    ProductAdded,
+    ProductRestocked,
+    StockReleased,
+    StockReserved,
+    customer_stream,
+    order_stream,
+    product_stream,
+)
+from .state import CANCELLED, PLACED, SHIPPED, CustomerState, OrderState, ProductState, State
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["MAX_ORDER_LINES", "decide", "evolve"]
+
+MAX_ORDER_LINES = 100
+"""Most lines one order may have (the fewest is 1)."""
+
+_S = TypeVar("_S", CustomerState, ProductState, OrderState)
+
+
+def decide(states: Mapping[str, State], command: object) -> list[Event]:
+    """Return the events `command` causes given `states`; raise `RuleViolation` if a rule is broken.
+
+    Raises TypeError for an object that is not a shop command.
+    """
+    return _decide(command, states)
+
+
+def evolve(state: State | None, event: object) -> State:
+    """Return the new state of `event`'s stream after `event` (``state`` is None for a new stream).
+
+    Never mutates `state`. Raises TypeError for an object that is not a shop event, or for an event
+    that needs an existing state of a particular kind and is given something else.
+    """
+    return _evolve(event, state)
+
+
+# -- decide ------------------------------------------------------------------------------------
+
+
+def _lookup(states: Mapping[str, State], stream: str, kind: type[_S]) -> _S | None:
+    state = states.get(stream)
+    if state is None or isinstance(state, kind):
+        return state
+    raise TypeError(f"stream {stream!r} holds a {type(state).__name__}, expected {kind.__name__}")
+
+
+def _existing_product(states: Mapping[str, State], sku: str) -> ProductState:
+    product = _lookup(states, product_stream(sku), ProductState)
+    if product is None:
+        raise RuleViolation(f"product {sku!r} does not exist")
+    return product
+
+
+def _existing_order(states: Mapping[str, State], order_id: str) -> OrderState:
+    order = _lookup(states, order_stream(order_id), OrderState)
+    if order is None:
+        raise RuleViolation(f"order {order_id!r} does not exist")
+    return order
+
+
+def _check_price(sku: str, price_cents: int) -> None:
+    if price_cents <= 0:
+        raise RuleViolation(f"price_cents for sku {sku!r} must be > 0, got {price_cents}")
+
+
+@singledispatch
+def _decide(command: object, states: Mapping[str, State]) -> list[Event]:
+    raise TypeError(
+        f"{type(command).__qualname__} is not a shop command; expected one of "
+        + ", ".join(c.__name__ for c in COMMANDS)
+    )
+
+
+@_decide.register(RegisterCustomer)
+def _register_customer(command: RegisterCustomer, states: Mapping[str, State]) -> list[Event]:
+    if not command.name.strip():
+        raise RuleViolation(f"name of customer {command.customer_id!r} must not be empty")
+    if "@" not in command.email:
+        raise RuleViolation(f"email {command.email!r} of customer {command.customer_id!r} has no '@'")
+    if _lookup(states, customer_stream(command.customer_id), CustomerState) is not None:
+        raise RuleViolation(f"customer {command.customer_id!r} already exists")
+    return [CustomerRegistered(customer_id=command.customer_id, name=command.name, email=command.email)]
+
+
+@_decide.register(AddProduct)
+def _add_product(command: AddProduct, states: Mapping[str, State]) -> list[Event]:
+    _check_price(command.sku, command.price_cents)
+    if command.stock < 0:
+        raise RuleViolation(f"stock of sku {command.sku!r} must be >= 0, got {command.stock}")
+    if not command.name.strip():
+        raise RuleViolation(f"name of sku {command.sku!r} must not be empty")
+    if _lookup(states, product_stream(command.sku), ProductState) is not None:
+        raise RuleViolation(f"product {command.sku!r} already exists")
+    return [
+        ProductAdded(
+            sku=command.sku,
+            name=command.name,
+            category=command.category,
+            price_cents=command.price_cents,
+            stock=command.stock,
+            description=command.description,
+        )
+    ]
+
+
+@_decide.register(ChangePrice)
+def _change_price(command: ChangePrice, states: Mapping[str, State]) -> list[Event]:
+    _existing_product(states, command.sku)
+    _check_price(command.sku, command.price_cents)
+    return [PriceChanged(sku=command.sku, price_cents=command.price_cents)]
+
+
+@_decide.register(Restock)
+def _restock(command: Restock, states: Mapping[str, State]) -> list[Event]:
+    _existing_product(states, command.sku)
+    if command.quantity <= 0:
+        raise RuleViolation(f"restock quantity of sku {command.sku!r} must be > 0, got {command.quantity}")
+    return [ProductRestocked(sku=command.sku, quantity=command.quantity)]
+
+
+@_decide.register(PlaceOrder)
+def _place_order(command: PlaceOrder, states: Mapping[str, State]) -> list[Event]:
+    order_id = command.order_id
+    requested = command.lines
+    if not 1 <= len(requested) <= MAX_ORDER_LINES:
+        raise RuleViolation(f"order {order_id!r} must have 1 to {MAX_ORDER_LINES} lines, got {len(requested)}")
+    seen: set[str] = set()
+    for line in requested:
+        if line.sku in seen:
+            raise RuleViolation(f"sku {line.sku!r} appears more than once in order {order_id!r}; put it on one line")
+        seen.add(line.sku)
+        if line.quantity <= 0:
+            raise RuleViolation(f"quantity of sku {line.sku!r} in order {order_id!r} must be > 0, got {line.quantity}")
+    if _lookup(states, order_stream(order_id), OrderState) is not None:
+        raise RuleViolation(f"order {order_id!r} already exists")
+    customer = _lookup(states, customer_stream(command.customer_id), CustomerState)
+    if customer is None:
+        raise RuleViolation(f"customer {command.customer_id!r} does not exist")
+    products = [_existing_product(states, line.sku) for line in requested]
+    for line, product in zip(requested, products, strict=True):
+        if line.quantity > product.stock:
+            raise RuleViolation(f"cannot order {line.quantity} of sku {line.sku!r}: only {product.stock} in stock")
+    # Every rule holds: build the events (all or nothing).
+    events: list[Event] = [
+        OrderPlaced(
+            order_id=order_id,
+            customer_id=customer.customer_id,
+            customer_name=customer.name,
+            lines=tuple(
+                OrderLine(
+                    sku=product.sku,
+                    name=product.name,
+                    quantity=line.quantity,
+                    unit_price_cents=product.price_cents,
+                )
+                for line, product in zip(requested, products, strict=True)
+            ),
+        )
+    ]
+    events.extend(StockReserved(sku=line.sku, order_id=order_id, quantity=line.quantity) for line in requested)
+    return events
+
+
+@_decide.register(CancelOrder)
+def _cancel_order(command: CancelOrder, states: Mapping[str, State]) -> list[Event]:
+    order = _existing_order(states, command.order_id)
+    if order.status != PLACED:
+        raise RuleViolation(f"cannot cancel order {order.order_id!r}: it is already {order.status}")
+    events: list[Event] = [OrderCancelled(order_id=order.order_id)]
+    events.extend(StockReleased(sku=sku, order_id=order.order_id, quantity=quantity) for sku, quantity in order.lines)
+    return events
+
+
+@_decide.register(ShipOrder)
+def _ship_order(command: ShipOrder, states: Mapping[str, State]) -> list[Event]:
+    order = _existing_order(states, command.order_id)
+    if order.status != PLACED:
+        raise RuleViolation(f"cannot ship order {order.order_id!r}: it is already {order.status}")
+    return [OrderShipped(order_id=order.order_id)]
+
+
+# -- evolve ------------------------------------------------------------------------------------
+# States are rebuilt with their constructors rather than dataclasses.replace: the writer evolves
+# every event it commits, and a direct call is several times cheaper.
+
+
+def _expect(state: State | None, kind: type[_S], event: object) -> _S:
+    if isinstance(state, kind):
+        return state
+    raise TypeError(f"{type(event).__name__} needs an existing {kind.__name__}, got {state!r}")
+
+
+@singledispatch
+def _evolve(event: object, state: State | None) -> State:
+    raise TypeError(
+        f"{type(event).__qualname__} is not a shop event; expected one of " + ", ".join(e.__name__ for e in EVENTS)
+    )
+
+
+@_evolve.register(CustomerRegistered)
+def _customer_registered(event: CustomerRegistered, state: State | None) -> State:
+    return CustomerState(customer_id=event.customer_id, name=event.name, email=event.email)
+
+
+@_evolve.register(ProductAdded)
+def _product_added(event: ProductAdded, state: State | None) -> State:
+    return ProductState(sku=event.sku, name=event.name, price_cents=event.price_cents, stock=event.stock)
+
+
+@_evolve.register(PriceChanged)
+def _price_changed(event: PriceChanged, state: State | None) -> State:
+    product = _expect(state, ProductState, event)
+    return ProductState(sku=product.sku, name=product.name, price_cents=event.price_cents, stock=product.stock)
+
+
+def _with_stock(product: ProductState, stock: int) -> ProductState:
+    return ProductState(sku=product.sku, name=product.name, price_cents=product.price_cents, stock=stock)
+
+
+@_evolve.register(ProductRestocked)
+def _product_restocked(event: ProductRestocked, state: State | None) -> State:
+    product = _expect(state, ProductState, event)
+    return _with_stock(product, product.stock + event.quantity)
+
+
+@_evolve.register(StockReserved)
+def _stock_reserved(event: StockReserved, state: State | None) -> State:
+    product = _expect(state, ProductState, event)
+    return _with_stock(product, product.stock - event.quantity)
+
+
+@_evolve.register(StockReleased)
+def _stock_released(event: StockReleased, state: State | None) -> State:
+    product = _expect(state, ProductState, event)
+    return _with_stock(product, product.stock + event.quantity)
+
+
+@_evolve.register(OrderPlaced)
+def _order_placed(event: OrderPlaced, state: State | None) -> State:
+    return OrderState(
+        order_id=event.order_id,
+        status=PLACED,
+        lines=tuple((line.sku, line.quantity) for line in event.lines),
+    )
+
+
+@_evolve.register(OrderCancelled)
+def _order_cancelled(event: OrderCancelled, state: State | None) -> State:
+    order = _expect(state, OrderState, event)
+    return OrderState(order_id=order.order_id, status=CANCELLED, lines=order.lines)
+
+
+@_evolve.register(OrderShipped)
+def _order_shipped(event: OrderShipped, state: State | None) -> State:
+    order = _expect(state, OrderState, event)
+    return OrderState(order_id=order.order_id, status=SHIPPED, lines=order.lines)

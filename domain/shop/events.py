@@ -1,0 +1,182 @@
+"""Events of the shop: facts the writer has committed, one stream per aggregate.
+
+Streams are ``customer-{customer_id}``, ``product-{sku}`` and ``order-{order_id}``. `OrderPlaced`
+carries the customer's and products' names and prices at that moment, so read models never join.
+Field annotations are plain for the same reason as in `domain.shop.commands`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+__all__ = [
+    "EVENTS",
+    "CustomerRegistered",
+    "Event",
+    "OrderCancelled",
+    "OrderLine",
+    "OrderPlaced",
+    "OrderShipped",
+    "PriceChanged",
+    "ProductAdded",
+    "ProductRestocked",
+    "StockReleased",
+    "StockReserved",
+    "customer_stream",
+    "order_stream",
+    "product_stream",
+    "stream_of",
+]
+
+
+def customer_stream(customer_id: str) -> str:
+    """Return the stream id of a customer."""
+    return f"customer-{customer_id}"
+
+
+def product_stream(sku: str) -> str:
+    """Return the stream id of a product."""
+    return f"product-{sku}"
+
+
+def order_stream(order_id: str) -> str:
+    """Return the stream id of an order."""
+    return f"order-{order_id}"
+
+
+# -- customer stream ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CustomerRegistered:
+    customer_id: str
+    name: str
+    email: str
+
+
+# -- product stream ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProductAdded:
+    sku: str
+    name: str
+    category: str
+    price_cents: int
+    stock: int
+    description: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriceChanged:
+    sku: str
+    price_cents: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProductRestocked:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StockReserved:
+    """Units of a product taken by an order (lives on the product's stream)."""
+
+    sku: str
+    order_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StockReleased:
+    """Units of a product given back by a cancelled order (lives on the product's stream)."""
+
+    sku: str
+    order_id: str
+    quantity: int
+
+
+# -- order stream ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderLine:
+    """One line of an `OrderPlaced`: a value, not an event; name and price as they were then."""
+
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderPlaced:
+    order_id: str
+    customer_id: str
+    customer_name: str
+    lines: tuple[OrderLine, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderCancelled:
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderShipped:
+    order_id: str
+
+
+Event: TypeAlias = (
+    CustomerRegistered
+    | ProductAdded
+    | PriceChanged
+    | ProductRestocked
+    | StockReserved
+    | StockReleased
+    | OrderPlaced
+    | OrderCancelled
+    | OrderShipped
+)
+
+EVENTS: tuple[type, ...] = (
+    CustomerRegistered,
+    ProductAdded,
+    PriceChanged,
+    ProductRestocked,
+    StockReserved,
+    StockReleased,
+    OrderPlaced,
+    OrderCancelled,
+    OrderShipped,
+)
+
+# Event type -> (stream prefix, name of the field holding the aggregate id). A dict lookup is the
+# cheapest dispatch here; the writer calls stream_of once per event.
+_STREAM_KEYS: dict[type, tuple[str, str]] = {
+    CustomerRegistered: ("customer-", "customer_id"),
+    ProductAdded: ("product-", "sku"),
+    PriceChanged: ("product-", "sku"),
+    ProductRestocked: ("product-", "sku"),
+    StockReserved: ("product-", "sku"),
+    StockReleased: ("product-", "sku"),
+    OrderPlaced: ("order-", "order_id"),
+    OrderCancelled: ("order-", "order_id"),
+    OrderShipped: ("order-", "order_id"),
+}
+
+
+def stream_of(event: object) -> str:
+    """Return the id of the stream `event` belongs to; TypeError if it is not a shop event."""
+    key = _STREAM_KEYS.get(type(event))
+    if key is None:
+        raise TypeError(f"{type(event).__qualname__} is not a shop event; expected one of {_names(EVENTS)}")
+    prefix, field = key
+    aggregate_id: str = getattr(event, field)
+    return prefix + aggregate_id
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return ", ".join(t.__name__ for t in types)
