@@ -13,9 +13,11 @@ each aiosqlite call is a thread hop (~50 us), so the count of calls per batch is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import sqlite3
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, final
@@ -89,27 +91,22 @@ class StoredKey:
 
 def decode_rows(rows: Sequence[Any], events: TypeRegistry) -> list[RecordedEvent]:
     """Rows -> recorded events with their domain event decoded (unknown types stay plain dicts)."""
-    decoders = events.decoders()
-    out: list[RecordedEvent] = []
-    append = out.append
+    decode = events.decode_trusted
     loads = orjson.loads
-    for position, stream, version, type_name, schema, data, command_id, key, recorded_at in rows:
-        body = loads(data)
-        decoder = decoders.get(type_name)
-        append(
-            RecordedEvent(
-                position=position,
-                stream=stream,
-                version=version,
-                type=type_name,
-                data=body if decoder is None else decoder(body, ""),
-                recorded_at=recorded_at,
-                command_id=command_id,
-                idempotency_key=key,
-                schema=schema,
-            )
+    return [
+        RecordedEvent(
+            position=position,
+            stream=stream,
+            version=version,
+            type=type_name,
+            data=decode(type_name, loads(data)),
+            recorded_at=recorded_at,
+            command_id=command_id,
+            idempotency_key=key,
+            schema=schema,
         )
-    return out
+        for position, stream, version, type_name, schema, data, command_id, key, recorded_at in rows
+    ]
 
 
 async def _connect(path: Path, *, read_only: bool, synchronous: Synchronous) -> aiosqlite.Connection:
@@ -251,18 +248,28 @@ class EventLog:
 
 @final
 class LogReader:
-    """A read-only connection for catch-up reads (WAL: readers never block the writer)."""
+    """A read-only connection for catch-up reads (WAL: readers never block the writer).
 
-    def __init__(self, path: str | os.PathLike[str], events: TypeRegistry) -> None:
+    Replicas that catch up together (at start, or after overflowing on the same burst) ask for the same
+    chunks: a chunk being fetched is awaited by the others instead of fetched again, and the last few
+    decoded chunks are kept (recorded events are immutable, so they are shared safely).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], events: TypeRegistry, *, cached_chunks: int = 8) -> None:
         self.path = Path(path)
         self._events = events
         self._conn: aiosqlite.Connection | None = None
+        self._cache: OrderedDict[tuple[int, int], list[RecordedEvent]] = OrderedDict()
+        self._cached_chunks = cached_chunks
+        self._inflight: dict[tuple[int, int], asyncio.Event] = {}
+        self.fetches = 0  # chunks read from SQLite (the rest were shared)
 
     async def open(self) -> None:
         self._conn = await _connect(self.path, read_only=True, synchronous="NORMAL")
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
+        self._cache.clear()
         if conn is not None:
             with anyio.move_on_after(10, shield=True):
                 await conn.close()
@@ -276,17 +283,38 @@ class LogReader:
 
     async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
         """Up to ``limit`` events with a position above ``after``, in order."""
+        key = (after, limit)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            await pending.wait()
+        cached = self._cache.get(key)
+        # A full chunk never changes (positions are immutable); a short one may have grown: read it again.
+        if cached is not None and len(cached) == limit:
+            return cached
+        done = asyncio.Event()
+        lead = key not in self._inflight
+        if lead:
+            self._inflight[key] = done
+        try:
+            events = decode_rows(await self._fetch(_SELECT_FROM, (after, limit)), self._events)
+            self._cache[key] = events
+            while len(self._cache) > self._cached_chunks:
+                self._cache.popitem(last=False)
+            return events
+        finally:
+            if lead:
+                del self._inflight[key]
+                done.set()
+
+    async def _fetch(self, sql: str, parameters: tuple[object, ...]) -> list[Any]:
         if self._conn is None:
             raise PersistenceError(f"the log reader of {self.path} is not open")
+        self.fetches += 1
         try:
-            rows = await self._conn.execute_fetchall(_SELECT_FROM, (after, limit))
+            return list(await self._conn.execute_fetchall(sql, parameters))
         except sqlite3.Error as exc:
-            raise translate_sqlite_error(exc, what=f"reading {self.path} after position {after}") from exc
-        return decode_rows(list(rows), self._events)
+            raise translate_sqlite_error(exc, what=f"reading {self.path} ({parameters})") from exc
 
     async def read_stream(self, stream: str) -> list[RecordedEvent]:
         """Every event of one stream, by version."""
-        if self._conn is None:
-            raise PersistenceError(f"the log reader of {self.path} is not open")
-        rows = await self._conn.execute_fetchall(_SELECT_STREAM, (stream,))
-        return decode_rows(list(rows), self._events)
+        return decode_rows(await self._fetch(_SELECT_STREAM, (stream,)), self._events)

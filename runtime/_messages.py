@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, Union, final
+from typing import Final, Literal, NamedTuple, Union, final
 
 import orjson
 
@@ -25,9 +25,14 @@ __all__ = ["Answer", "Batch", "Receipt", "RecordedEvent", "TypeRegistry", "finge
 _MISSING: Final = dataclasses.MISSING
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RecordedEvent:
-    """An event as the log holds it: its global position, its stream version and the domain event."""
+class RecordedEvent(NamedTuple):
+    """An event as the log holds it: its global position, its stream version and the domain event.
+
+    Immutable like the other messages, but a NamedTuple rather than a frozen dataclass: one is built
+    per event on every commit and every replay, and a frozen dataclass costs ~1.6 us to construct
+    (one ``object.__setattr__`` per field) against ~0.2 us here; at 200k+ events/s that is the
+    difference that matters. Build it with keywords.
+    """
 
     position: int
     stream: str
@@ -226,17 +231,62 @@ def _compile_dataclass(cls: type) -> Callable[[object, str], object]:
     return decode
 
 
+_Trusted = Callable[[object], object]
+
+
+def _trusted_converter(tp: object) -> _Trusted | None:
+    """A converter for JSON we wrote ourselves (the log): None when the JSON value is already right."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union or origin is types.UnionType:
+        inner = [_trusted_converter(a) for a in args if a is not type(None)]
+        if all(c is None for c in inner):
+            return None
+        if len(inner) == 1 and inner[0] is not None:
+            only = inner[0]
+            return lambda v: None if v is None else only(v)
+        return None  # ambiguous unions of structured types: leave as decoded JSON
+    if origin in (tuple, list):
+        item = _trusted_converter(args[0])
+        if origin is list and item is None:
+            return None
+        if item is None:
+            return lambda v: tuple(v)  # type: ignore[arg-type]
+        build: Callable[[Iterable[object]], object] = tuple if origin is tuple else list
+        return lambda v: build(item(x) for x in v)  # type: ignore[attr-defined]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _compile_trusted(tp)
+    return None
+
+
+def _compile_trusted(cls: type) -> _Trusted:
+    """Decode a dict that this class itself produced: convert only nested fields, then ``cls(**d)``."""
+    hints = typing.get_type_hints(cls)
+    nested = [(f.name, c) for f in dataclasses.fields(cls) if (c := _trusted_converter(hints[f.name])) is not None]
+    if not nested:
+        return lambda d: cls(**d)  # type: ignore[arg-type]
+
+    def decode(d: object) -> object:
+        for name, conv in nested:
+            if name in d:  # type: ignore[operator]
+                d[name] = conv(d[name])  # type: ignore[index]
+        return cls(**d)  # type: ignore[arg-type]
+
+    return decode
+
+
 @final
 class TypeRegistry:
     """Type names <-> message classes for one kind of message (commands, events or queries)."""
 
-    __slots__ = ("_by_class", "_decoders", "_kind", "_schemas")
+    __slots__ = ("_by_class", "_decoders", "_kind", "_schemas", "_trusted")
 
     def __init__(self, kind: str, classes: Iterable[type] = ()) -> None:
         self._kind = kind
         self._decoders: dict[str, Callable[[object, str], object]] = {}
         self._by_class: dict[type, str] = {}
         self._schemas: dict[type, int] = {}
+        self._trusted: dict[str, _Trusted] = {}
         for cls in classes:
             self.register(cls)
 
@@ -248,6 +298,7 @@ class TypeRegistry:
         if name in self._decoders:
             raise ValueError(f"{self._kind} type name {name!r} is registered twice")
         self._decoders[name] = _compile_dataclass(cls)
+        self._trusted[name] = _compile_trusted(cls)
         self._by_class[cls] = name
         self._schemas[cls] = int(getattr(cls, "__schema__", 1))
 
@@ -276,5 +327,19 @@ class TypeRegistry:
         return decoder(data, "")
 
     def decoders(self) -> Mapping[str, Callable[[object, str], object]]:
-        """Name -> decoder, for hot loops that decode many messages."""
+        """Name -> validating decoder, for hot loops that decode many untrusted messages."""
         return self._decoders
+
+    def decode_trusted(self, type_name: str, data: object) -> object:
+        """Build a message from JSON this registry's classes produced (the log): no per-field checks.
+
+        About 3x faster than :meth:`decode`. If the class changed since the JSON was written (a field
+        renamed or removed), it falls back to :meth:`decode`, whose error names the field.
+        """
+        decode = self._trusted.get(type_name)
+        if decode is None:
+            return data  # an event type this process does not know: kept as plain JSON
+        try:
+            return decode(data)
+        except (TypeError, KeyError):
+            return self.decode(type_name, data)
