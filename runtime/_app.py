@@ -101,6 +101,7 @@ class App:
         self._replicate_guard = SingleWriterGuard("App.replicate")
         self._log_handle: EventLog | None = None
         self._last_checkpoint = 0
+        self._replica_scopes: dict[str, anyio.CancelScope] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -144,13 +145,9 @@ class App:
             broadcast.head = self._position
         head = broadcast.head
         replicas = [Replica(f"replica-{i}", self.domain, broadcast) for i in range(self._replica_count)]
-        if self._snapshots is not None:
-            snapshot = await anyio.to_thread.run_sync(lambda: self._snapshots.load(max_position=head))  # type: ignore[union-attr]
-            if snapshot is not None:
-                for replica in replicas:
-                    replica.restore(snapshot.position, orjson.loads(snapshot.body))
-                self._last_checkpoint = snapshot.position
-                _log.info("replicas_restored", snapshot=str(snapshot.path), position=snapshot.position)
+        position = await self._restore(replicas, head)
+        if position:
+            self._last_checkpoint = position
         self._router = QueryRouter(replicas, self._head, timeout=self._query_timeout)
         tg = anyio.create_task_group()
         await stack.enter_async_context(tg)
@@ -158,7 +155,7 @@ class App:
         if self._writer is not None:
             await tg.start(self._run_writer, self._writer)
         for replica in replicas:
-            await tg.start(replica.run)
+            await tg.start(self._run_replica, replica)
         if self._snapshots is not None and self._snapshot_every > 0:
             tg.start_soon(self._checkpoint_loop)
         for replica in replicas:
@@ -172,6 +169,45 @@ class App:
             replicas=len(replicas),
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    async def _restore(self, replicas: Sequence[Replica], head: int) -> int:
+        """Load the newest valid checkpoint into fresh replicas; the position it reflects (0 if none)."""
+        store = self._snapshots
+        if store is None:
+            return 0
+        snapshot = await anyio.to_thread.run_sync(lambda: store.load(max_position=head))
+        if snapshot is None:
+            return 0
+        for replica in replicas:
+            replica.restore(snapshot.position, orjson.loads(snapshot.body))  # each replica owns its copy
+        _log.info("replicas_restored", snapshot=str(snapshot.path), position=snapshot.position, count=len(replicas))
+        return snapshot.position
+
+    async def _run_replica(self, replica: Replica, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with anyio.CancelScope() as scope:
+            self._replica_scopes[replica.name] = scope
+            await replica.run(task_status=task_status)
+
+    async def rebuild_replica(self, index: int) -> Replica:
+        """Replace replica ``index`` by a fresh one: newest checkpoint (if any) + the log's tail, then live.
+
+        The old replica stops at once (queries waiting on it move to another); the new one takes routed
+        queries only once it has caught up with the head it saw at start. Use it for a failed replica
+        or after changing read-model code. Returns the new replica.
+        """
+        router = self.router
+        if self._tg is None or self._broadcast is None:
+            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+        old = router.replicas[index]
+        scope = self._replica_scopes.pop(old.name, None)
+        if scope is not None:
+            scope.cancel()
+        fresh = Replica(old.name, self.domain, self._broadcast)
+        await self._restore([fresh], self.position)
+        router.replace(index, fresh)
+        await self._tg.start(self._run_replica, fresh)
+        _log.info("replica_rebuilding", replica=fresh.name, from_position=fresh.position, head=self.position)
+        return fresh
 
     async def _run_writer(self, writer: Writer, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         try:

@@ -119,6 +119,7 @@ class Subscription:
             if self._closed:
                 raise ActorStopped("this subscription is closed")
             if self._catching_up:
+                overflows = self._overflows
                 events = await self._source.read(self.position, self._chunk)
                 if events:
                     if events[0].position != self.position + 1:
@@ -129,7 +130,11 @@ class Subscription:
                     self.position = events[-1].position
                     self._delivered += len(events)
                     return Batch(events=tuple(events), committed_at=None)
-                self._catching_up = False  # the log has nothing newer: everything later is in the buffer
+                if self._overflows == overflows:
+                    # The log had nothing newer and no batch was dropped while we read: whatever was
+                    # committed after the read is in the buffer. (If the buffer overflowed during the read,
+                    # the dropped batch may postdate it: read again.)
+                    self._catching_up = False
             batch = self.receive_nowait()
             if batch is not None:
                 return batch

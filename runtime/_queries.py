@@ -44,6 +44,10 @@ class QueryRouter:
     def replicas(self) -> Sequence[Replica]:
         return self._replicas
 
+    def replace(self, index: int, replica: Replica) -> None:
+        """Put a new replica in slot ``index`` (a rebuild); it is routed to once it is ready."""
+        self._replicas[index] = replica
+
     def target(self, consistency: str, min_position: int | None) -> int:
         """The position an answer must reflect for this consistency level."""
         if consistency == "eventual":

@@ -169,3 +169,41 @@ async def test_subscribe_through_app(open_app: AppFactory, after: int) -> None:
             batch = await subscription.receive()
         assert batch.events[0].position == after + 1
         assert type(batch.events[0].data).__name__ == "Opened"
+
+
+class GatedLog(ListLog):
+    """A log whose read takes its snapshot at once but returns only when the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: anyio.Event | None = None
+        self.reading = anyio.Event()
+
+    async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
+        snapshot = self.events[after : after + limit]
+        if self.gate is not None:
+            self.reading.set()
+            await self.gate.wait()
+            self.gate = None
+        return snapshot
+
+
+async def test_overflow_during_an_empty_catch_up_read_is_not_lost() -> None:
+    """A batch dropped by an overflow while a catch-up read was in flight is read again, not skipped."""
+    log = GatedLog()
+    broadcast = Broadcast(log, buffer=2)
+    subscription = broadcast.subscribe(0)
+    log.gate = anyio.Event()
+    got: list[int] = []
+
+    async def consume() -> None:
+        await drain(got, subscription, 3)
+
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await log.reading.wait()  # the read has seen an empty log and is suspended
+            log.commit(broadcast, 3)  # 3 events into a 2-event buffer: dropped, only in the log
+            assert subscription.statistics().overflows == 1
+            log.gate.set()
+    assert got == [1, 2, 3]

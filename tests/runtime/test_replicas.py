@@ -6,8 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from runtime import App, BadRequest, ConsistencyTimeout, NotFound, SnapshotStore
+from runtime import Answer, App, BadRequest, ConsistencyTimeout, NotFound, SnapshotStore
 from tests.runtime.conftest import AppFactory
 from tests.toy import BANK, Balance, Deposit, Open, Total, Transfer
 
@@ -33,12 +36,17 @@ class TestConsistency:
             assert answer.position == app.position
 
     async def test_eventual_answers_now_with_its_position(self, open_app: AppFactory) -> None:
-        """An eventual query answers from any replica and says which position it reflects."""
-        async with open_app() as app:
-            receipt = await app.execute(Open(account="a"))
-            await app.query(Total(), consistency="session", min_position=receipt.position)
-            answer = app.query_nowait(Balance(account="a"))
-            assert answer.result == 0 and answer.position <= app.position
+        """An eventual query answers at once from any replica and says which position it reflects."""
+        async with open_app(replicas=2) as app:
+            await app.execute(Open(account="a"))
+            await app.execute(Deposit(account="a", amount=5))
+            answers = [app.query_nowait(Total()) for _ in range(2)]  # one per replica, no waiting
+            for answer in answers:
+                assert 0 <= answer.position <= app.position
+                assert answer.result == (5 if answer.position == 2 else 0)
+            for replica in app.router.replicas:
+                await replica.wait_for(app.position, timeout=5)
+            assert app.query_nowait(Balance(account="a")) == Answer(result=5, position=2)
 
     async def test_session_wait_times_out(self, open_app: AppFactory) -> None:
         """A position no replica reaches in time gives a typed ConsistencyTimeout with both positions."""
@@ -115,6 +123,7 @@ class TestCheckpoints:
             await app.execute(Open(account="a"))
             await app.execute(Open(account="b"))
             await asyncio.gather(*(app.submit_nowait(Deposit(account="a", amount=3)) for _ in range(50)))
+            await app.query(Total(), consistency="strong")
             path = await app.checkpoint()
             assert path is not None and path.exists()
             await app.execute(Transfer(source="a", target="b", amount=10))
@@ -187,3 +196,74 @@ class TestCheckpoints:
             await app.execute(Open(account="z"))
             await app.query(Total(), consistency="strong")
             assert app.router.replicas[0].models.balances == {"y": 0, "z": 0}  # type: ignore[attr-defined]
+
+
+class TestRebuild:
+    async def test_rebuild_under_load_converges(self, open_app: AppFactory) -> None:
+        """A replica rebuilt while commands flow catches up from the log, joins, and equals the others."""
+        async with open_app(replicas=3) as app:
+            await app.execute(Open(account="a"))
+            await asyncio.gather(*(app.submit_nowait(Deposit(account="a", amount=1)) for _ in range(500)))
+            fresh = await app.rebuild_replica(1)
+            assert app.router.replicas[1] is fresh
+            more = [app.submit_nowait(Deposit(account="a", amount=1)) for _ in range(500)]
+            await asyncio.gather(*more)
+            for replica in app.router.replicas:
+                await replica.wait_for(app.position, timeout=10)
+            assert fresh.ready
+            assert fresh.models.snapshot() == app.router.replicas[0].models.snapshot()
+            assert fresh.query_nowait(Balance(account="a")).result == 1000
+
+    async def test_failed_replica_can_be_rebuilt(self, open_app: AppFactory) -> None:
+        """After a replica fails, rebuilding it gives a healthy replica that answers again."""
+        async with open_app(replicas=2) as app:
+            broken = app.router.replicas[0]
+
+            def explode(event: object) -> None:
+                raise RuntimeError("bug in a projection")
+
+            broken.models.apply = explode  # type: ignore[method-assign]
+            receipt = await app.execute(Open(account="a"))
+            await app.query(Total(), consistency="session", min_position=receipt.position)
+            await app.router.replicas[1].wait_for(receipt.position, timeout=5)
+            assert broken.failed
+            fresh = await app.rebuild_replica(0)
+            await fresh.wait_for(receipt.position, timeout=5)
+            assert fresh.ready and not fresh.failed
+            assert fresh.query_nowait(Balance(account="a")).result == 0
+
+
+class TestReplicaProperty:
+    @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        batches=st.lists(st.integers(1, 40), min_size=1, max_size=12),
+        buffer=st.integers(1, 30),
+        pause=st.lists(st.booleans(), min_size=12, max_size=12),
+    )
+    def test_any_delivery_mix_equals_full_replay(
+        self, tmp_path_factory: pytest.TempPathFactory, batches: list[int], buffer: int, pause: list[bool]
+    ) -> None:
+        """Replicas fed by live delivery, overflows and catch-up end equal to a replica built by full replay."""
+
+        async def scenario(db: Path) -> None:
+            async with App(BANK, db, replicas=3, subscriber_buffer=buffer) as app:
+                await app.execute(Open(account="a"))
+                await app.execute(Open(account="b"))
+                for i, size in enumerate(batches):
+                    futures = [
+                        app.submit_nowait(Deposit(account="ab"[j % 2], amount=j + 1))
+                        if j % 3
+                        else app.submit_nowait(Transfer(source="a", target="b", amount=1))
+                        for j in range(size)
+                    ]
+                    await asyncio.gather(*futures, return_exceptions=True)
+                    if pause[i]:  # let replicas run now and then; otherwise they fall behind and overflow
+                        await app.router.wait_for(app.position, timeout=10)
+                for replica in app.router.replicas:
+                    await replica.wait_for(app.position, timeout=10)
+                live = [r.models.snapshot() for r in app.router.replicas]
+            async with App(BANK, db, replicas=1) as replay:
+                expected = replay.router.replicas[0].models.snapshot()
+            assert all(state == expected for state in live)
+
+        uvloop.run(scenario(tmp_path_factory.mktemp("prop") / "log.db"))
