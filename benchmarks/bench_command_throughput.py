@@ -31,12 +31,12 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import machine, median, percentile, print_table, write_json  # noqa: E402
-from domain.shop.commands import Restock  # noqa: E402
-from domain.shop.events import ProductAdded, ProductRestocked  # noqa: E402
-from domain.shop.wiring import DOMAIN  # noqa: E402
-from runtime import App, EventLog, configure_logging  # noqa: E402
-from runtime._log import _INSERT_EVENT  # noqa: E402
+from benchmarks._common import machine, median, percentile, print_table, write_json
+from domain.shop.commands import Restock
+from domain.shop.events import ProductAdded, ProductRestocked
+from domain.shop.wiring import DOMAIN
+from runtime import App, EventLog, configure_logging
+from runtime._log import _INSERT_EVENT
 
 PRODUCTS = 1000
 
@@ -63,7 +63,17 @@ def prefill(path: Path, events: int) -> None:
         versions[i] += 1
         event = ProductRestocked(sku=f"sku-{i}", quantity=1)
         rows.append(
-            (position, f"product-sku-{i}", versions[i], "ProductRestocked", 1, orjson.dumps(event), "prefill", None, now)
+            (
+                position,
+                f"product-sku-{i}",
+                versions[i],
+                "ProductRestocked",
+                1,
+                orjson.dumps(event),
+                "prefill",
+                None,
+                now,
+            )
         )
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA synchronous = OFF")
@@ -203,7 +213,10 @@ def main() -> None:
         template = workdir / "template.db"
         t0 = time.perf_counter()
         prefill(template, args.events)
-        print(f"prefilled {args.events:,} events in {time.perf_counter() - t0:.1f} s ({template.stat().st_size >> 20} MiB)")
+        print(
+            f"prefilled {args.events:,} events in {time.perf_counter() - t0:.1f} s "
+            f"({template.stat().st_size >> 20} MiB)"
+        )
 
         soloist: dict[int, list[dict[str, float]]] = {n: [] for n in levels}
         raw: list[dict[str, float]] = []
@@ -245,7 +258,8 @@ def main() -> None:
             ["one transaction per command", f"{per_rate:,.0f}", f"{med(per_command, 'p50_ms'):.2f}", "", "", "1"]
         )
         print_table(
-            f"Durable commands/s on a {args.events:,}-event log, synchronous=FULL (median of {args.runs} x {args.seconds:g} s)",
+            f"Durable commands/s on a {args.events:,}-event log, synchronous=FULL "
+            f"(median of {args.runs} x {args.seconds:g} s)",
             ["configuration", "per s", "p50 ms", "p99 ms", "p99.9 ms", "batch"],
             rows,
         )
@@ -260,7 +274,12 @@ def main() -> None:
             f"Targets at {at} submitters",
             ["measure", "target", "measured", "verdict"],
             [
-                ["share of raw ceiling", ">= 50%", f"{ratios['vs_raw_ceiling']:.0%}", _verdict(ratios["vs_raw_ceiling"] >= 0.5)],
+                [
+                    "share of raw ceiling",
+                    ">= 50%",
+                    f"{ratios['vs_raw_ceiling']:.0%}",
+                    _verdict(ratios["vs_raw_ceiling"] >= 0.5),
+                ],
                 [
                     "speed-up vs one txn per command",
                     ">= 10x",

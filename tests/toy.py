@@ -5,11 +5,13 @@ Pure decide/evolve over ``account-<id>`` streams; a transfer touches two streams
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime import Domain, DomainError, NotFound, RecordedEvent
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 
 class Refused(Exception):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from runtime import App
 from tests.toy import BANK
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 AppFactory = Callable[..., AbstractAsyncContextManager[App]]
 

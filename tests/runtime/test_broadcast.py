@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -11,8 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime import Batch, Broadcast, RecordedEvent
-from tests.runtime.conftest import AppFactory
 from tests.toy import Deposit, Open
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.runtime.conftest import AppFactory
 
 
 def event(position: int) -> RecordedEvent:
@@ -134,9 +138,12 @@ class TestStalledSubscriber:
             for _ in range(40):
                 futures = [app.submit_nowait(Deposit(account="a", amount=1)) for _ in range(100)]
                 receipts += await asyncio.gather(*futures)
-            assert len(receipts) == 4000 and receipts[-1].position == 4001
+            assert len(receipts) == 4000
+            assert receipts[-1].position == 4001
             stats = stalled.statistics()
-            assert stats.delivered == 0 and stats.buffered_events <= 100 and stats.overflows >= 1
+            assert stats.delivered == 0
+            assert stats.buffered_events <= 100
+            assert stats.overflows >= 1
             positions: list[int] = []
             with anyio.fail_after(10):
                 async for batch in stalled:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import uvloop
@@ -11,8 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runtime import Answer, App, BadRequest, ConsistencyTimeout, NotFound, SnapshotStore
-from tests.runtime.conftest import AppFactory
 from tests.toy import BANK, Balance, Deposit, Open, Total, Transfer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.runtime.conftest import AppFactory
 
 
 class TestConsistency:
@@ -52,7 +56,7 @@ class TestConsistency:
         """A position no replica reaches in time gives a typed ConsistencyTimeout with both positions."""
         async with open_app() as app:
             await app.execute(Open(account="a"))
-            with pytest.raises(ConsistencyTimeout, match="position 99 within 0.01 s"):
+            with pytest.raises(ConsistencyTimeout, match=r"position 99 within 0\.01 s"):
                 await app.query(Total(), consistency="session", min_position=99, timeout=0.01)
 
     @pytest.mark.parametrize(
@@ -111,7 +115,8 @@ class TestReplicaHealth:
             assert answer.result == 0
             for _ in range(4):
                 assert app.query_nowait(Balance(account="a")).result == 0
-            assert broken.failed and not broken.ready
+            assert broken.failed
+            assert not broken.ready
             assert app.statistics().replicas[0].failed
 
 
@@ -125,7 +130,8 @@ class TestCheckpoints:
             await asyncio.gather(*(app.submit_nowait(Deposit(account="a", amount=3)) for _ in range(50)))
             await app.query(Total(), consistency="strong")
             path = await app.checkpoint()
-            assert path is not None and path.exists()
+            assert path is not None
+            assert path.exists()
             await app.execute(Transfer(source="a", target="b", amount=10))
         async with App(BANK, db, replicas=2, snapshot_dir=snaps) as app:
             models = app.router.replicas[0].models
@@ -229,7 +235,8 @@ class TestRebuild:
             assert broken.failed
             fresh = await app.rebuild_replica(0)
             await fresh.wait_for(receipt.position, timeout=5)
-            assert fresh.ready and not fresh.failed
+            assert fresh.ready
+            assert not fresh.failed
             assert fresh.query_nowait(Balance(account="a")).result == 0
 
 

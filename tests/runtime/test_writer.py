@@ -7,6 +7,7 @@ import sqlite3
 import tempfile
 import tracemalloc
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
@@ -28,8 +29,10 @@ from runtime import (
     WriterLocked,
 )
 from runtime._guard import SingleWriterGuard
-from tests.runtime.conftest import AppFactory
 from tests.toy import BANK, Account, Crash, Deposit, Open, Transfer, Withdraw
+
+if TYPE_CHECKING:
+    from tests.runtime.conftest import AppFactory
 
 
 def log_rows(db: Path) -> list[tuple[int, str, int, str, str | None]]:
@@ -104,7 +107,8 @@ class TestIdempotency:
             await app.execute(Open(account="a"))
             first = await app.execute(Deposit(account="a", amount=5), idempotency_key="k")
             again = await app.execute(Deposit(account="a", amount=5), idempotency_key="k")
-        assert again.duplicate and not first.duplicate
+        assert again.duplicate
+        assert not first.duplicate
         assert again.position == first.position == 2
         assert len(log_rows(db)) == 2
 
@@ -132,7 +136,8 @@ class TestIdempotency:
             await app.execute(Open(account="a"), idempotency_key="open-a")
         async with open_app() as app:
             again = await app.execute(Open(account="a"), idempotency_key="open-a")
-            assert again.duplicate and again.position == 1
+            assert again.duplicate
+            assert again.position == 1
         assert len(log_rows(db)) == 1
 
 
