@@ -88,6 +88,11 @@ class App:
         self._subscriber_buffer = subscriber_buffer
         self._synchronous: Synchronous = synchronous
         self._snapshots = SnapshotStore(snapshot_dir, domain=domain.name) if snapshot_dir is not None else None
+        # the write model's checkpoints live beside the read models', under their own name
+        self._writer_snapshots = (
+            SnapshotStore(snapshot_dir, domain=f"{domain.name}.writer") if snapshot_dir is not None else None
+        )
+        self._last_writer_checkpoint = 0
         self._snapshot_every = snapshot_every
         self._query_timeout = query_timeout
         self.follower_of = follower_of
@@ -121,8 +126,9 @@ class App:
         log = EventLog(self.path, synchronous=self._synchronous)
         await stack.enter_async_context(log)
         self._log_handle = log
-        if self._snapshots is not None:
-            self._snapshots.log_id = log.log_id
+        for store in (self._snapshots, self._writer_snapshots):
+            if store is not None:
+                store.log_id = log.log_id
         reader = LogReader(self.path, self.events)
         await stack.enter_async_context(reader)
         broadcast = Broadcast(reader, buffer=self._subscriber_buffer)
@@ -137,7 +143,7 @@ class App:
                 capacity=self._queue_capacity,
                 max_batch=self._max_batch,
             )
-            await writer.recover()
+            await writer.recover(await self._writer_checkpoint(log))
             self._writer = writer
             broadcast.head = writer.position
         else:
@@ -169,6 +175,17 @@ class App:
             replicas=len(replicas),
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    async def _writer_checkpoint(self, log: EventLog) -> tuple[int, bytes] | None:
+        store = self._writer_snapshots
+        if store is None:
+            return None
+        head = await log.head()
+        found = await anyio.to_thread.run_sync(lambda: store.load(max_position=head))
+        if found is None:
+            return None
+        self._last_writer_checkpoint = found.position
+        return found.position, found.body
 
     async def _restore(self, replicas: Sequence[Replica], head: int) -> int:
         """Load the newest valid checkpoint into fresh replicas; the position it reflects (0 if none)."""
@@ -355,9 +372,15 @@ class App:
     # -- checkpoints ----------------------------------------------------------------------------------
 
     async def checkpoint(self) -> Path | None:
-        """Write the read models of the most advanced replica to a snapshot file; None if not configured."""
+        """Checkpoint the read models (most advanced replica) and the write model; None if not configured.
+
+        Returns the read models' file. Serialising happens in a worker thread where it can: the write
+        model's copy is taken between batches, the read models' bytes are made in the loop (they change
+        with every applied event).
+        """
         if self._snapshots is None or self._router is None:
             return None
+        await self._checkpoint_writer()
         replica = self._router.most_advanced()
         position = replica.position
         if position == 0 or position == self._last_checkpoint:
@@ -368,6 +391,15 @@ class App:
         self._last_checkpoint = position
         _log.info("checkpoint_written", path=str(path), position=position, bytes=len(body))
         return path
+
+    async def _checkpoint_writer(self) -> None:
+        store, writer = self._writer_snapshots, self._writer
+        if store is None or writer is None or writer.position in (0, self._last_writer_checkpoint):
+            return
+        position, serialise = writer.checkpoint()
+        path = await anyio.to_thread.run_sync(lambda: store.write_bytes(position, serialise()))
+        self._last_writer_checkpoint = position
+        _log.info("writer_checkpoint_written", path=str(path), position=position)
 
     async def _checkpoint_loop(self) -> None:
         every = self._snapshot_every

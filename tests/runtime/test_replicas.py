@@ -150,7 +150,7 @@ class TestCheckpoints:
             await app.query(Total(), consistency="strong")
             # leaving writes a final checkpoint at position 2; remove it to test tail replay from 1
         store = SnapshotStore(snaps, domain="bank")
-        newest = sorted(snaps.iterdir())[-1]
+        newest = sorted(snaps.glob("bank-*.snapshot"))[-1]
         newest.unlink()
         assert store.load(max_position=2) is not None
         async with App(BANK, db, replicas=1, snapshot_dir=snaps) as app:
@@ -164,7 +164,7 @@ class TestCheckpoints:
         async with App(BANK, db, replicas=1, snapshot_dir=snaps) as app:
             await app.execute(Open(account="a"))
             await app.execute(Deposit(account="a", amount=5))
-        (path,) = snaps.iterdir()
+        (path,) = snaps.glob("bank-*.snapshot")
         raw = bytearray(path.read_bytes())
         if damage == "flip":
             raw[-3] ^= 0x01

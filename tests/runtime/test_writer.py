@@ -14,6 +14,7 @@ import pytest
 import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from runtime import (
     ActorStopped,
@@ -24,6 +25,7 @@ from runtime import (
     Overloaded,
     ReadOnlyStorage,
     Receipt,
+    SnapshotStore,
     StorageFull,
     UnknownType,
     WriterLocked,
@@ -283,3 +285,49 @@ class TestRecoveryProperty:
 
         with tempfile.TemporaryDirectory() as tmp:
             uvloop.run(scenario(Path(tmp) / "log.db"))
+
+
+class TestWriterCheckpoint:
+    async def test_recovery_from_checkpoint_plus_tail(self, db: Path, tmp_path: Path) -> None:
+        """The write model restarts from its checkpoint and replays only the tail, equal to a full replay."""
+        snaps = tmp_path / "snaps"
+        async with App(BANK, db, replicas=1, snapshot_dir=snaps) as app:
+            await app.execute(Open(account="a"))
+            await app.execute(Open(account="b"))
+            await asyncio.gather(*(app.submit_nowait(Deposit(account="a", amount=2)) for _ in range(40)))
+            await app.checkpoint()
+            checkpointed = app.position
+            await app.execute(Transfer(source="a", target="b", amount=5))
+            live = dict(app.writer.states)
+        *_, newest = sorted(snaps.glob("bank.writer-*.snapshot"))
+        assert newest.name.endswith(f"{app.position:020d}.snapshot")  # the final checkpoint at exit
+        newest.unlink()  # keep the earlier one: recovery must replay the tail after it
+        assert any(snaps.glob(f"bank.writer-{checkpointed:020d}.snapshot"))
+        with capture_logs() as logs:
+            async with App(BANK, db, replicas=1, snapshot_dir=snaps) as again:
+                assert dict(again.writer.states) == live
+                assert again.position == checkpointed + 2
+                receipt = await again.execute(Deposit(account="b", amount=1))
+                assert receipt.position == checkpointed + 3
+        (recovered,) = [e for e in logs if e["event"] == "writer_recovered"]
+        assert recovered["from_checkpoint"] == checkpointed
+        assert recovered["events"] == 2
+
+    async def test_unloadable_checkpoint_falls_back_to_full_replay(self, db: Path, tmp_path: Path) -> None:
+        """A writer checkpoint whose body does not unpickle is skipped; the whole log is replayed."""
+        snaps = tmp_path / "snaps"
+        async with App(BANK, db, replicas=1, snapshot_dir=snaps) as app:
+            await app.execute(Open(account="a"))
+            await app.execute(Deposit(account="a", amount=3))
+        store = SnapshotStore(snaps, domain="bank.writer")
+        async with App(BANK, db, replicas=1) as plain:
+            store.log_id = plain.log.log_id
+        for old in snaps.glob("bank.writer-*.snapshot"):
+            old.unlink()
+        store.write_bytes(2, b"not a pickle")  # valid header and checksum, body from elsewhere
+        with capture_logs() as logs:
+            async with App(BANK, db, replicas=1, snapshot_dir=snaps) as again:
+                assert again.writer.states["account-a"] == Account(balance=3)
+        assert any(e["event"] == "writer_checkpoint_rejected" for e in logs)
+        (recovered,) = [e for e in logs if e["event"] == "writer_recovered"]
+        assert recovered["events"] == 2
