@@ -12,6 +12,8 @@ replicas and queries work exactly as on the writer. Commands get :class:`NotWrit
 
 from __future__ import annotations
 
+import gc
+import sys
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -74,6 +76,8 @@ class App:
         snapshot_every: int = 0,
         query_timeout: float = 5.0,
         follower_of: str | None = None,
+        freeze_gc: bool = True,
+        switch_interval: float | None = 0.0005,
     ) -> None:
         if replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {replicas}")
@@ -96,6 +100,9 @@ class App:
         self._snapshot_every = snapshot_every
         self._query_timeout = query_timeout
         self.follower_of = follower_of
+        self._freeze_gc = freeze_gc
+        self._switch_interval = switch_interval
+        self._saved_switch_interval: float | None = None
         self._stack: AsyncExitStack | None = None
         self._writer: Writer | None = None
         self._writer_done = anyio.Event()
@@ -113,11 +120,35 @@ class App:
     async def __aenter__(self) -> App:
         stack = AsyncExitStack()
         await stack.__aenter__()
+        # Start = replaying the log into the write model and every replica: millions of small objects
+        # that hold no reference cycles. The cyclic GC would traverse them again and again (measured here:
+        # 2.2 us/event to decode with it off, ~4 us with it paused per chunk, ~8.5 us with it on), so it is
+        # off during start, and the rebuilt state then goes to the permanent generation (gc.freeze), where
+        # later collections skip it. Refcounting frees everything as usual. Opt out with freeze_gc=False.
+        # SQLite runs on the writer's and reader's threads, and releases the GIL inside each call; to go
+        # on, such a thread must win the GIL back from the event loop's thread. When the loop is busy
+        # (queries over the socket) that takes up to sys.getswitchinterval() per hand-over, 5 ms by
+        # default, several times per call: measured here, a busy loop let through 240-1,640 of 3,400
+        # paced commands in 2 s at 5 ms, and all 3,400 at 0.5 ms. Restored on exit; None leaves it alone.
+        if self._switch_interval is not None:
+            self._saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(self._switch_interval)
+        collecting = gc.isenabled()
+        if collecting:
+            gc.disable()
         try:
             await self._start(stack)
         except BaseException as exc:
             await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            if self._saved_switch_interval is not None:
+                sys.setswitchinterval(self._saved_switch_interval)
+                self._saved_switch_interval = None
             raise
+        finally:
+            if collecting:
+                if self._freeze_gc:
+                    gc.freeze()
+                gc.enable()
         self._stack = stack
         return self
 
@@ -143,7 +174,7 @@ class App:
                 capacity=self._queue_capacity,
                 max_batch=self._max_batch,
             )
-            await writer.recover(await self._writer_checkpoint(log))
+            await writer.recover(reader, await self._writer_checkpoint(log))
             self._writer = writer
             broadcast.head = writer.position
         else:
@@ -251,6 +282,9 @@ class App:
                     self._tg.cancel_scope.cancel()
         finally:
             result = await stack.__aexit__(exc_type, exc, tb)  # the log and reader close shielded
+            if self._saved_switch_interval is not None:
+                sys.setswitchinterval(self._saved_switch_interval)
+                self._saved_switch_interval = None
         _log.info("app_stopped", domain=self.domain.name, position=self.position)
         return result
 
@@ -297,7 +331,6 @@ class App:
                 f"replicated events must continue at position {expected}; got "
                 f"{events[0].position}..{events[-1].position} ({len(events)} events)"
             )
-        dumps = orjson.dumps
         rows: list[EventRow] = [
             (
                 e.position,
@@ -305,7 +338,7 @@ class App:
                 e.version,
                 e.type,
                 e.schema,
-                dumps(e.data),
+                e.data,  # encoded with the whole batch
                 e.command_id,
                 e.idempotency_key,
                 e.recorded_at,

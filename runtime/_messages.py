@@ -253,7 +253,7 @@ def _trusted_converter(tp: object) -> _Trusted | None:
         if item is None:
             return lambda v: tuple(v)  # type: ignore[arg-type]
         build: Callable[[Iterable[object]], object] = tuple if origin is tuple else list
-        return lambda v: build(item(x) for x in v)  # type: ignore[attr-defined]
+        return lambda v: build([item(x) for x in v])  # type: ignore[attr-defined]
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _compile_trusted(tp)
     return None

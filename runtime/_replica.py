@@ -24,6 +24,7 @@ import anyio
 import structlog
 
 from ._errors import ActorStopped, ConsistencyTimeout, CQRSError, InternalError
+from ._gc import gc_paused
 from ._messages import Answer, Batch
 
 if TYPE_CHECKING:
@@ -95,8 +96,9 @@ class Replica:
                         await anyio.lowlevel.checkpoint()
                     apply = self.models.apply  # looked up per batch, not per event
                     try:
-                        for event in batch.events:
-                            apply(event)
+                        with gc_paused():
+                            for event in batch.events:
+                                apply(event)
                     except Exception as exc:
                         self.failed = True
                         self.ready = False

@@ -33,8 +33,9 @@ from ._errors import (
     Overloaded,
     PersistenceError,
 )
+from ._gc import gc_paused
 from ._guard import SingleWriterGuard
-from ._log import EventLog, EventRow, KeyRow, StoredKey
+from ._log import EventLog, EventRow, KeyRow, LogReader, StoredKey
 from ._messages import Batch, Receipt, RecordedEvent, TypeRegistry, fingerprint
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ class Writer:
             failed=s.failed,
         )
 
-    async def recover(self, snapshot: tuple[int, bytes] | None = None) -> None:
+    async def recover(self, reader: LogReader, snapshot: tuple[int, bytes] | None = None) -> None:
         """Rebuild the write model, stream versions and idempotency keys: a checkpoint (if any) + the log.
 
         ``snapshot`` is ``(position, body)`` from :meth:`checkpoint`; if its body cannot be loaded (a class
@@ -185,16 +186,9 @@ class Writer:
                 after = self._position = snapshot[0]
         states, versions, evolve, stream_of = self._states, self._versions, self._evolve, self._stream_of
         count = 0
-        async for chunk in self._log.scan(self._events, after=after):
-            for event in chunk:
-                stream = event.stream
-                if stream_of(event.data) != stream or versions.get(stream, 0) + 1 != event.version:
-                    raise LogCorrupted(
-                        f"{self._log.path}: event at position {event.position} is version {event.version} "
-                        f"of {stream!r}, expected {versions.get(stream, 0) + 1}"
-                    )
-                states[stream] = evolve(states.get(stream), event.data)
-                versions[stream] = event.version
+        async for chunk in reader.scan(after=after):
+            with gc_paused():
+                self._replay(chunk, states, versions, evolve, stream_of)
             self._position = chunk[-1].position
             count += len(chunk)
         self._keys = await self._log.keys()
@@ -207,6 +201,24 @@ class Writer:
             idempotency_keys=len(self._keys),
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    def _replay(
+        self,
+        chunk: list[RecordedEvent],
+        states: dict[str, object],
+        versions: dict[str, int],
+        evolve: Callable[[Any, Any], object],
+        stream_of: Callable[[Any], str],
+    ) -> None:
+        for event in chunk:
+            stream = event.stream
+            if stream_of(event.data) != stream or versions.get(stream, 0) + 1 != event.version:
+                raise LogCorrupted(
+                    f"{self._log.path}: event at position {event.position} is version {event.version} "
+                    f"of {stream!r}, expected {versions.get(stream, 0) + 1}"
+                )
+            states[stream] = evolve(states.get(stream), event.data)
+            versions[stream] = event.version
 
     def checkpoint(self) -> tuple[int, Callable[[], bytes]]:
         """The write model as of the last commit: ``(position, serialise)``.
@@ -332,7 +344,7 @@ class Writer:
         states, versions, keys = self._states, self._versions, self._keys
         decide, evolve, stream_of = self._decide, self._evolve, self._stream_of
         name_of, schema_of = self._events.name_of, self._events.schema_of
-        dumps = orjson.dumps
+        dumps, Fragment = orjson.dumps, orjson.Fragment
         translate = self._domain.translate
         now = time.time()
         position = start = self._position
@@ -385,7 +397,7 @@ class Writer:
                             old_version + 1,
                             name_of(event),
                             schema_of(event),
-                            dumps(event),
+                            Fragment(dumps(event)),  # encoded here: a bad event fails only its command
                             command_id,
                             key,
                             now,
