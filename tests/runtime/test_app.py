@@ -6,7 +6,9 @@ import gc
 import sys
 from typing import TYPE_CHECKING
 
-from runtime import App
+import pytest
+
+from runtime import App, WriterLocked
 from tests.toy import BANK, Open
 
 if TYPE_CHECKING:
@@ -40,10 +42,8 @@ class TestProcessSettings:
         """If start fails (here: the writer lock is held), the interval and the GC are restored."""
         before = sys.getswitchinterval()
         async with App(BANK, db, replicas=1):
-            try:
+            with pytest.raises(WriterLocked, match="already the writer"):
                 async with App(BANK, db, replicas=1):
-                    raise AssertionError("a second writer started")
-            except Exception as exc:
-                assert "already the writer" in str(exc)
+                    pass
             assert gc.isenabled()
         assert sys.getswitchinterval() == before
