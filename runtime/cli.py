@@ -1,0 +1,271 @@
+"""The ``soloist`` command: serve a domain, follow a writer as a replica, or send one request.
+
+::
+
+    soloist serve   [--db soloist.db] [--host 127.0.0.1] [--port 7420] [--unix PATH] [--replicas 4]
+                    [--token T] [--domain module:ATTR] [--snapshot-dir DIR] [--no-seed] [--log-level info]
+    soloist replica --upstream HOST:PORT [--host 127.0.0.1] [--port 7421] [--db replica.db] [--replicas 4]
+                    [--domain module:ATTR] [--token T] [--upstream-token T]
+    soloist send    ['{"op": "ping"}'] [--host] [--port] [--unix] [--token]   (JSON from argv or stdin)
+    soloist stats   [--host] [--port] [--unix] [--token]
+
+Servers run on uvloop, log JSON lines to stderr (one ``server_listening`` line once they accept
+connections) and stop cleanly on SIGINT/SIGTERM: stop listening, answer what is in flight, commit,
+close, exit 0. The domain is loaded by import path, so ``runtime`` never imports ``domain`` itself.
+The token may also come from the ``SOLOIST_TOKEN`` environment variable (kept out of ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import orjson
+import structlog
+
+from ._app import App
+from ._domain import Domain
+from ._errors import CQRSError
+from ._logging import configure_logging
+from .net import Client, ConnectionLost, Follower, Server, parse_address
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+__all__ = ["load_domain", "main"]
+
+DEFAULT_DOMAIN: Final = "domain.shop.wiring:DOMAIN"
+_log = structlog.get_logger("soloist.cli")
+
+
+class UsageError(Exception):
+    """A bad argument: printed to stderr, exit code 2."""
+
+
+def load_domain(spec: str) -> Domain[Any]:
+    """Import ``module:ATTR`` and return the :class:`~runtime.Domain` it names."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--domain must look like module:ATTR (e.g. {DEFAULT_DOMAIN}), got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r} for --domain: {exc}") from exc
+    domain = getattr(module, attr, None)
+    if not isinstance(domain, Domain):
+        raise UsageError(f"{spec} is {type(domain).__name__}, not a runtime.Domain")
+    return domain
+
+
+# -- servers ------------------------------------------------------------------------------------------
+
+
+async def _until_signal(signals: AsyncIterator[signal.Signals]) -> None:
+    async for signum in signals:
+        _log.info("signal_received", signal=signal.Signals(signum).name)
+        return
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    domain = load_domain(args.domain)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with App(
+            domain,
+            args.db,
+            replicas=args.replicas,
+            snapshot_dir=args.snapshot_dir,
+            snapshot_every=args.snapshot_every,
+        ) as app:
+            if not args.no_seed and app.position == 0 and domain.seed is not None:
+                commands = domain.seed()
+                for command in commands:
+                    await app.execute(command)
+                _log.info("seeded", commands=len(commands), position=app.position)
+            server = Server(
+                app,
+                host=args.host,
+                port=args.port,
+                unix_path=args.unix,
+                token=args.token,
+                max_line=args.max_line,
+                max_in_flight=args.max_in_flight,
+                idle_timeout=args.idle_timeout,
+            )
+            async with anyio.create_task_group() as tg:
+                await tg.start(server.serve)
+                await _until_signal(signals)
+                tg.cancel_scope.cancel()  # the server drains first; then the App commits and closes
+    return 0
+
+
+async def _replica(args: argparse.Namespace) -> int:
+    domain = load_domain(args.domain)
+    try:
+        parse_address(args.upstream)
+    except ValueError as exc:
+        raise UsageError(f"--upstream: {exc}") from None
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with App(domain, args.db, replicas=args.replicas, follower_of=args.upstream) as app:
+            follower = Follower(app, args.upstream, token=args.upstream_token)
+            server = Server(
+                app,
+                host=args.host,
+                port=args.port,
+                unix_path=args.unix,
+                token=args.token,
+                max_line=args.max_line,
+                max_in_flight=args.max_in_flight,
+                idle_timeout=args.idle_timeout,
+                upstream=follower,
+            )
+            async with anyio.create_task_group() as outer:
+                await outer.start(follower.run)
+                async with anyio.create_task_group() as inner:
+                    await inner.start(server.serve)
+                    await _until_signal(signals)
+                    inner.cancel_scope.cancel()  # the server answers what is in flight (probes still work)
+                outer.cancel_scope.cancel()
+    return 0
+
+
+# -- one-shot clients ---------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    if args.unix is not None:
+        return Client.connect_unix(args.unix, token=args.token)
+    return Client.connect(args.host, args.port, token=args.token)
+
+
+def _print(value: object, *, indent: bool = False) -> None:
+    option = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+    sys.stdout.buffer.write(orjson.dumps(value, option=option))
+    sys.stdout.buffer.flush()
+
+
+async def _send(args: argparse.Namespace) -> int:
+    text = args.request if args.request is not None else sys.stdin.read()
+    try:
+        request = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"the request is not JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise UsageError('the request must be a JSON object, e.g. \'{"op": "ping"}\'')
+    async with _client(args) as client:
+        if request.get("op") == "subscribe":
+            after = request.get("from_position", 0)
+            if type(after) is not int:
+                raise UsageError("from_position must be an integer")
+            async with client.subscribe(after) as events:
+                async for event in events:
+                    _print({"event": event})
+            return 0  # pragma: no cover - a subscription ends only with the connection
+        answer = await client.request(request)
+    _print(answer)
+    return 0 if answer.get("ok") is True else 1
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    async with _client(args) as client:
+        answer = await client.request({"op": "stats"})
+    _print(answer.get("result") if answer.get("ok") is True else answer, indent=True)
+    return 0 if answer.get("ok") is True else 1
+
+
+# -- arguments ----------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    token = os.environ.get("SOLOIST_TOKEN")
+    parser = argparse.ArgumentParser(prog="soloist", description="A single-writer CQRS runtime.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    def server_options(p: argparse.ArgumentParser, port: int, db: str) -> None:
+        p.add_argument("--db", default=db, help=f"SQLite event log (default {db})")
+        p.add_argument("--host", default="127.0.0.1", help="TCP address to bind (default loopback)")
+        p.add_argument("--port", type=int, default=port, help=f"TCP port (default {port}; 0 picks a free one)")
+        p.add_argument("--unix", default=None, metavar="PATH", help="serve on a Unix socket instead of TCP")
+        p.add_argument("--replicas", type=int, default=4, help="in-process read replicas (default 4)")
+        p.add_argument("--token", default=token, help="require auth with this token (or $SOLOIST_TOKEN)")
+        p.add_argument("--domain", default=DEFAULT_DOMAIN, help=f"module:ATTR of a runtime.Domain ({DEFAULT_DOMAIN})")
+        p.add_argument("--max-line", type=int, default=1 << 20, help="longest request line in bytes (1 MiB)")
+        p.add_argument("--max-in-flight", type=int, default=1024, help="unanswered requests per connection")
+        p.add_argument("--idle-timeout", type=float, default=300.0, help="close idle connections after (s)")
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    serve = sub.add_parser("serve", help="run the writer and serve it")
+    server_options(serve, 7420, "soloist.db")
+    serve.add_argument("--snapshot-dir", default=None, metavar="DIR", help="read-model checkpoints")
+    serve.add_argument("--snapshot-every", type=int, default=0, metavar="N", help="checkpoint every N events")
+    serve.add_argument("--no-seed", action="store_true", help="do not run the domain's seed on an empty log")
+
+    replica = sub.add_parser("replica", help="follow a writer and serve queries (read-only)")
+    server_options(replica, 7421, "replica.db")
+    replica.add_argument("--upstream", required=True, metavar="HOST:PORT", help="the writer to follow")
+    replica.add_argument("--upstream-token", default=token, help="token for the writer (or $SOLOIST_TOKEN)")
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=7420)
+        p.add_argument("--unix", default=None, metavar="PATH")
+        p.add_argument("--token", default=token, help="auth token (or $SOLOIST_TOKEN)")
+
+    send = sub.add_parser("send", help="send one request (JSON from the argument or stdin); print the answer")
+    send.add_argument("request", nargs="?", default=None, help='e.g. \'{"op": "ping"}\'')
+    client_options(send)
+    stats = sub.add_parser("stats", help="print the server's statistics")
+    client_options(stats)
+    return parser
+
+
+_COMMANDS: Final[dict[str, Callable[[argparse.Namespace], Awaitable[int]]]] = {
+    "serve": _serve,
+    "replica": _replica,
+    "send": _send,
+    "stats": _stats,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``soloist`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level if args.cmd in ("serve", "replica") else "warning")
+    command = _COMMANDS[args.cmd]
+
+    async def run() -> int:
+        return await command(args)
+
+    try:
+        return anyio.run(run, backend_options={"use_uvloop": True})
+    except KeyboardInterrupt:  # a one-shot client interrupted (servers handle SIGINT themselves)
+        return 130
+    except Exception as exc:
+        return _exit_code(args.cmd, exc)
+
+
+def _exit_code(cmd: str, exc: BaseException) -> int:
+    """Report a failure in one line and choose the exit code (2: usage, 1: anything else)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # a task group wraps what one of its tasks raised
+    if isinstance(exc, UsageError):
+        print(f"soloist {cmd}: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, ConnectionLost):
+        print(f"soloist {cmd}: {exc}", file=sys.stderr)
+        return 1
+    if isinstance(exc, CQRSError):
+        _log.error("failed", cmd=cmd, code=exc.code, error=str(exc))
+        return 1
+    if isinstance(exc, OSError):
+        _log.error("failed", cmd=cmd, error=f"{type(exc).__name__}: {exc}")
+        return 1
+    raise exc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Real ``soloist`` processes for end-to-end tests: start, wait for ``server_listening``, stop with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from anyio.abc import Process
+
+__all__ = ["ROOT", "SoloistProcess", "run_cli", "soloist"]
+
+ROOT = Path(__file__).resolve().parents[2]
+DOMAIN = "tests.toy:BANK"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("SOLOIST_TOKEN", None)
+    return env
+
+
+class SoloistProcess:
+    """A running ``python -m runtime.cli serve|replica``; its JSON log lines go to a file."""
+
+    def __init__(self, process: Process, log: Path) -> None:
+        self.process = process
+        self.log = log
+        self.port = 0
+
+    def lines(self) -> list[dict[str, object]]:
+        out = []
+        for raw in self.log.read_bytes().splitlines():
+            try:
+                out.append(orjson.loads(raw))
+            except orjson.JSONDecodeError:
+                out.append({"event": "unparsed", "raw": raw.decode(errors="replace")})
+        return out
+
+    async def wait_listening(self, within: float = 20.0) -> int:
+        """Poll the log (bounded) for the ``server_listening`` line; the bound port."""
+        with anyio.fail_after(within):
+            while True:
+                for line in self.lines():
+                    if line.get("event") == "server_listening":
+                        port = line["port"]
+                        assert isinstance(port, int)
+                        self.port = port
+                        return port
+                if self.process.returncode is not None:
+                    raise AssertionError(f"soloist exited with {self.process.returncode}: {self.log.read_text()}")
+                await anyio.sleep(0.02)
+
+    async def terminate(self, within: float = 20.0) -> int:
+        """SIGTERM, then wait (bounded) for the exit code."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(within):
+            return await self.process.wait()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@asynccontextmanager
+async def soloist(log: Path, *args: str) -> AsyncIterator[SoloistProcess]:
+    """Start ``soloist <args>`` (with the toy bank domain) and wait until it listens; kill it if still running."""
+    with log.open("wb") as sink:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "runtime.cli", *args, "--domain", DOMAIN, "--port", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+            env=_env(),
+            cwd=ROOT,
+        )
+    running = SoloistProcess(process, log)
+    try:
+        await running.wait_listening()
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with anyio.move_on_after(10, shield=True):
+                await process.wait()
+        await process.aclose()
+
+
+async def run_cli(*args: str, stdin: bytes | None = None) -> tuple[int, bytes]:
+    """Run a one-shot ``soloist`` command (send, stats); its exit code and stdout."""
+    result = await anyio.run_process(
+        [sys.executable, "-m", "runtime.cli", *args], input=stdin, check=False, env=_env(), cwd=ROOT
+    )
+    return result.returncode, result.stdout
