@@ -86,21 +86,27 @@ async def _serve(args: argparse.Namespace) -> int:
                 for command in commands:
                     await app.execute(command)
                 _log.info("seeded", commands=len(commands), position=app.position)
-            server = Server(
-                app,
-                host=args.host,
-                port=args.port,
-                unix_path=args.unix,
-                token=args.token,
-                max_line=args.max_line,
-                max_in_flight=args.max_in_flight,
-                idle_timeout=args.idle_timeout,
-            )
+            server = _server(app, args)
             async with anyio.create_task_group() as tg:
                 await tg.start(server.serve)
                 await _until_signal(signals)
                 tg.cancel_scope.cancel()  # the server drains first; then the App commits and closes
     return 0
+
+
+def _server(app: App, args: argparse.Namespace, *, upstream: Follower | None = None) -> Server:
+    """The socket server with the listening and per-connection options shared by serve and replica."""
+    return Server(
+        app,
+        host=args.host,
+        port=args.port,
+        unix_path=args.unix,
+        token=args.token,
+        max_line=args.max_line,
+        max_in_flight=args.max_in_flight,
+        idle_timeout=args.idle_timeout,
+        upstream=upstream,
+    )
 
 
 async def _replica(args: argparse.Namespace) -> int:
@@ -112,17 +118,7 @@ async def _replica(args: argparse.Namespace) -> int:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with App(domain, args.db, replicas=args.replicas, follower_of=args.upstream) as app:
             follower = Follower(app, args.upstream, token=args.upstream_token)
-            server = Server(
-                app,
-                host=args.host,
-                port=args.port,
-                unix_path=args.unix,
-                token=args.token,
-                max_line=args.max_line,
-                max_in_flight=args.max_in_flight,
-                idle_timeout=args.idle_timeout,
-                upstream=follower,
-            )
+            server = _server(app, args, upstream=follower)
             async with anyio.create_task_group() as outer:
                 await outer.start(follower.run)
                 async with anyio.create_task_group() as inner:
