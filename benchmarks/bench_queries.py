@@ -525,7 +525,17 @@ def write_events(path: Path, events: int, *, chunk: int = 50_000) -> Row:
         type_name = name_of(event)
         by_type[type_name] = by_type.get(type_name, 0) + 1
         rows.append(
-            (position, stream, version, type_name, schema_of(event), dumps(event), command_id, None, recorded_at)
+            (
+                position,
+                stream,
+                version,
+                type_name,
+                schema_of(event),
+                dumps(event).decode(),
+                command_id,
+                None,
+                recorded_at,
+            )
         )
         if len(rows) == chunk or position == events:
             with conn:  # one transaction per chunk
