@@ -68,9 +68,12 @@ class Batch:
         return self.events[-1].position
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Receipt:
-    """The acknowledgement of a durable command."""
+class Receipt(NamedTuple):
+    """The acknowledgement of a durable command.
+
+    Immutable; a NamedTuple like :class:`RecordedEvent` because the writer builds one per command on
+    its hot path (0.2 us instead of ~1.2 us for a frozen dataclass).
+    """
 
     position: int  # the global position the command reached (its last event, or the head if it emitted none)
     command_id: str
