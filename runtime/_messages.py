@@ -81,9 +81,11 @@ class Receipt(NamedTuple):
     duplicate: bool = False  # True when an idempotency key matched an earlier execution
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Answer:
-    """A query result and the log position the answering replica had applied."""
+class Answer(NamedTuple):
+    """A query result and the log position the answering replica had applied.
+
+    A NamedTuple (immutable) because one is built per query on the hottest path there is.
+    """
 
     result: object
     position: int

@@ -147,7 +147,7 @@ class Replica:
                 raise error from exc
             _log.error("query_crashed", replica=self.name, query_type=type(query).__name__, exc_info=exc)
             raise InternalError(f"{type(query).__name__} failed: {type(exc).__name__}: {exc}") from exc
-        return Answer(result=result, position=self.position)
+        return Answer(result, self.position)
 
     def wait_future(self, position: int) -> asyncio.Future[None]:
         """A future resolved once this replica has applied ``position`` (already done if it has)."""

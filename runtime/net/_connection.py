@@ -85,6 +85,8 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self._server = server
         self._app = server.app
+        self._router = server.app.router
+        self._decode_query = server.app.queries.decode
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._splitter = LineSplitter(server.max_line)
@@ -414,8 +416,15 @@ class Connection(asyncio.Protocol):
 
     def _op_query(self, request_id: object, request: dict[str, Any]) -> None:
         app = self._app
-        query = app.queries.decode(_type_of(request), request.get("data", {}))
+        query = self._decode_query(_type_of(request), request.get("data", _NO_DATA))
         consistency = request.get("consistency", "eventual")
+        if consistency == "eventual" and "min_position" not in request:
+            # The hot path: any ready replica answers now, in this callback (no hop, no timer).
+            router = self._router
+            replica = router.pick(0) or router.most_advanced()
+            result, position = replica.query_nowait(query)
+            self._ok(request_id, result, position)
+            return
         min_position = request.get("min_position")
         timeout = _timeout_of(request)
         router = app.router
@@ -583,6 +592,9 @@ class Connection(asyncio.Protocol):
         self._flush()
         self.subscribed = False
         self._drain_then_close()
+
+
+_NO_DATA: dict[str, Any] = {}  # never mutated: decoders only read it
 
 
 def _type_of(request: dict[str, Any]) -> object:
