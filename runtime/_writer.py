@@ -360,23 +360,18 @@ class Writer:
             command_id = f"{prefix}{next(ids)}"
             key = sub.key
             fp = ""
-            if key is not None:
-                fp = fingerprint(sub.type_name, sub.command)
-                seen = batch_keys.get(key) or keys.get(key)
-                if seen is not None:
-                    if seen.fingerprint == fp:
-                        outcomes.append(
-                            (
-                                sub,
-                                Receipt(seen.position, command_id, 0, True),
-                            )
-                        )
-                    else:
-                        outcomes.append((sub, IdempotencyConflict(key, seen.position)))
-                    continue
             try:
+                if key is not None:
+                    fp = fingerprint(sub.type_name, sub.command)
+                    seen = batch_keys.get(key) or keys.get(key)
+                    if seen is not None:
+                        if seen.fingerprint == fp:
+                            outcomes.append((sub, Receipt(seen.position, command_id, 0, True)))
+                        else:
+                            outcomes.append((sub, IdempotencyConflict(key, seen.position)))
+                        continue
                 events = decide(states, sub.command)
-            except Exception as exc:
+            except Exception as exc:  # a rule (declared by the domain) or a bug: this command only
                 outcomes.append((sub, self._rejection(exc, sub, translate)))
                 continue
             mark, row_mark = len(undo), len(rows)
@@ -414,10 +409,11 @@ class Writer:
                 stored = StoredKey(fingerprint=fp, position=position)
                 batch_keys[key] = stored
                 key_rows.append((key, fp, position))
-            outcomes.append((sub, Receipt(position, command_id, len(events))))
+            outcomes.append((sub, Receipt(position, command_id, len(rows) - row_mark)))
 
         commit_started = time.perf_counter()
-        if rows or key_rows:
+        wrote = bool(rows or key_rows)
+        if wrote:
             try:
                 await self._log.append(rows, key_rows)
             except PersistenceError as exc:
@@ -437,7 +433,8 @@ class Writer:
         stats.batch_last = len(batch)
         if len(batch) > stats.batch_max:
             stats.batch_max = len(batch)
-        stats.commit_ms = commit_ms
+        if wrote:
+            stats.commit_ms = commit_ms
         for sub, outcome in outcomes:
             if isinstance(outcome, Receipt):
                 if outcome.duplicate:

@@ -31,7 +31,7 @@ from runtime import (
     WriterLocked,
 )
 from runtime._guard import SingleWriterGuard
-from tests.toy import BANK, Account, Crash, Deposit, Open, Transfer, Withdraw
+from tests.toy import BANK, Account, Crash, Deposit, Open, Opened, Transfer, Withdraw
 
 if TYPE_CHECKING:
     from tests.runtime.conftest import AppFactory
@@ -331,3 +331,41 @@ class TestWriterCheckpoint:
         assert any(e["event"] == "writer_checkpoint_rejected" for e in logs)
         (recovered,) = [e for e in logs if e["event"] == "writer_recovered"]
         assert recovered["events"] == 2
+
+
+class TestDomainBugs:
+    async def test_generator_decide_and_unencodable_command(self, db: Path) -> None:
+        """A decide that returns a generator works; a command orjson cannot encode fails alone, as internal."""
+        from dataclasses import dataclass
+
+        from runtime import Domain
+
+        @dataclass(frozen=True, slots=True, kw_only=True)
+        class Tagged:
+            account: str
+            tags: object  # a set: orjson cannot encode it, so its idempotency fingerprint fails
+
+        def decide(states: object, command: object) -> object:
+            if isinstance(command, Tagged):
+                return iter([Opened(account=command.account)])
+            return BANK.decide(states, command)  # type: ignore[arg-type]
+
+        domain = Domain(
+            name="bank",
+            commands=(*BANK.commands, Tagged),
+            events=BANK.events,
+            queries=BANK.queries,
+            decide=decide,  # type: ignore[arg-type]
+            evolve=BANK.evolve,
+            stream_of=BANK.stream_of,
+            read_models=BANK.read_models,
+            errors=BANK.errors,
+        )
+        async with App(domain, db, replicas=1) as app:
+            receipt = await app.execute(Tagged(account="g", tags=["a"]))
+            assert receipt.events == 1
+            bad = app.submit_nowait(Tagged(account="h", tags={"a"}), idempotency_key="k")
+            good = app.submit_nowait(Open(account="i"))
+            with pytest.raises(InternalError, match="could not be decided"):
+                await bad
+            assert (await good).position == 2
