@@ -676,6 +676,17 @@ async def bench_rebuild(workdir: Path, events: int) -> Row:
             t.stop()
             replayed = app.statistics().replicas[0].applied  # 0 if the replica came up from the snapshot
     steps["app_start_with_snapshot"] = t.row(head, replica_replayed=replayed)
+    gc.collect()
+
+    # Read models alone from the log, through the start path: the write model comes from its checkpoint
+    # (nothing to replay), the read models' checkpoints are removed.
+    for read_models_checkpoint in snapshots.glob(f"{DOMAIN.name}-*.snapshot"):
+        read_models_checkpoint.unlink()
+    with Timer() as t:
+        async with App(DOMAIN, path, replicas=1, snapshot_dir=snapshots, freeze_gc=False) as app:
+            t.stop()
+            replayed = app.statistics().replicas[0].applied
+    steps["app_start_read_models_from_log"] = t.row(head, replica_replayed=replayed)
     return result
 
 
@@ -730,10 +741,11 @@ def report(args: argparse.Namespace, rates: list[Row], lag: Row, rebuild: Row) -
     rows: list[list[object]] = []
     for key, label in (
         ("build", "build the log (sqlite3; setup, no target)"),
-        ("writer_recover", "writer recovery (decode + evolve), GC off as at start"),
-        ("replica_replay", "replica catch-up (read + decode + apply), GC off as at start"),
-        ("replica_replay_gc_on", "replica catch-up with the GC running (diagnostic)"),
-        ("app_start_from_log", "App(replicas=1) start from the log"),
+        ("writer_recover", "writer recovery alone (reader thread), GC off"),
+        ("replica_replay", "replica catch-up while serving (reader thread), GC off"),
+        ("replica_replay_gc_on", "replica catch-up while serving, GC running (diagnostic)"),
+        ("app_start_from_log", "App(replicas=1) start from the log (one pass)"),
+        ("app_start_read_models_from_log", "App start: read models from the log, writer from checkpoint"),
         ("checkpoint", "App.checkpoint() (everything it writes)"),
         ("app_start_with_snapshot", "App(replicas=1) start from the checkpoint"),
     ):
@@ -759,7 +771,7 @@ def summary(rates: list[Row], lag: Row, rebuild: Row) -> list[list[object]]:
     lag_p99 = float(lag["runs"][0]["ms_p99"])
     n = rebuild["events"]
     steps = rebuild["steps"]
-    replay = n / steps["replica_replay"]["seconds"]
+    replay = n / steps["app_start_read_models_from_log"]["seconds"]
     app_start = n / steps["app_start_from_log"]["seconds"]
     scale = 1_000_000 / n  # to 1M events' worth
     snap = rebuild["snapshot_load"]["total_s"] * scale
@@ -773,7 +785,12 @@ def summary(rates: list[Row], lag: Row, rebuild: Row) -> list[list[object]]:
             verdict(worst["qps_median"] >= 300_000),
         ],
         ["replica lag p99 at half saturation (commands only)", "< 5 ms", f"{lag_p99:.2f} ms", verdict(lag_p99 < 5)],
-        ["replay from the log: read models (events/s)", ">= 200,000", f"{replay:,.0f}", verdict(replay >= 200_000)],
+        [
+            "replay from the log: read models, App start (events/s)",
+            ">= 200,000",
+            f"{replay:,.0f}",
+            verdict(replay >= 200_000),
+        ],
         [
             "replay from the log: App start = writer + replica (events/s)",
             ">= 200,000",

