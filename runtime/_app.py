@@ -168,6 +168,7 @@ class App:
         await stack.enter_async_context(reader)
         broadcast = Broadcast(reader, buffer=self._subscriber_buffer)
         self._broadcast = broadcast
+        head = await log.head()
         if self.follower_of is None:
             writer = Writer(
                 self.domain,
@@ -178,9 +179,8 @@ class App:
                 capacity=self._queue_capacity,
                 max_batch=self._max_batch,
             )
-            writer_from = writer.restore(await self._writer_checkpoint(log))
+            writer_from = writer.restore(await self._writer_checkpoint(head))
             self._writer = writer
-        head = await log.head()
         replicas = [Replica(f"replica-{i}", self.domain, broadcast) for i in range(self._replica_count)]
         position = await self._restore(replicas, head)
         if position:
@@ -215,11 +215,10 @@ class App:
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    async def _writer_checkpoint(self, log: EventLog) -> tuple[int, bytes] | None:
+    async def _writer_checkpoint(self, head: int) -> tuple[int, bytes] | None:
         store = self._writer_snapshots
         if store is None:
             return None
-        head = await log.head()
         found = await anyio.to_thread.run_sync(lambda: store.load(max_position=head))
         if found is None:
             return None
