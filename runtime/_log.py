@@ -90,6 +90,7 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');
 INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', lower(hex(randomblob(16))));
 """
 
+_MIN_SQLITE: Final = (3, 38, 0)  # the ->> operator used by the append trigger
 _APPEND: Final = "INSERT INTO append_batch (events, keys) VALUES (?, ?)"
 _SELECT_ROWS: Final = (
     "SELECT position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at "
@@ -222,6 +223,11 @@ class EventLog:
         self.log_id = ""  # random id made when the file was created: checkpoints name the log they belong to
 
     async def open(self) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise PersistenceError(
+                f"this Python's SQLite is {sqlite3.sqlite_version}; the event log needs {'.'.join(map(str, _MIN_SQLITE))}"
+                " or newer (JSON ->> operators); use a Python built against a newer SQLite"
+            )
         self._acquire_lock()
         try:
             self._conn = await _connect(self.path, read_only=False, synchronous=self._synchronous)
