@@ -225,8 +225,9 @@ class EventLog:
     async def open(self) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise PersistenceError(
-                f"this Python's SQLite is {sqlite3.sqlite_version}; the event log needs {'.'.join(map(str, _MIN_SQLITE))}"
-                " or newer (JSON ->> operators); use a Python built against a newer SQLite"
+                f"this Python's SQLite is {sqlite3.sqlite_version}; the event log needs "
+                f"{'.'.join(map(str, _MIN_SQLITE))} or newer (JSON ->> operators); use a Python built against a "
+                "newer SQLite"
             )
         self._acquire_lock()
         try:
