@@ -12,6 +12,7 @@ replicas and queries work exactly as on the writer. Commands get :class:`NotWrit
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
@@ -25,7 +26,7 @@ import orjson
 import structlog
 
 from ._broadcast import Broadcast, Subscription, SubscriptionStatistics
-from ._errors import ActorStopped, LogCorrupted, NotWriter
+from ._errors import ActorStopped, CQRSError, LogCorrupted, NotWriter
 from ._guard import SingleWriterGuard
 from ._log import EventLog, EventRow, LogReader, LogScanner, Synchronous
 from ._messages import Answer, Batch, Receipt, RecordedEvent, TypeRegistry
@@ -312,8 +313,11 @@ class App:
                     self._writer.close()  # stop taking commands; the actor drains what it holds
                     with anyio.move_on_after(30):
                         await self._writer_done.wait()
-                if self._snapshots is not None and exc_type is None:
+                if self._snapshots is not None and exc_type is None and self._router is not None:
                     with anyio.move_on_after(30):
+                        # the last checkpoint should hold every committed event: let a replica catch up first
+                        with contextlib.suppress(CQRSError):
+                            await self._router.wait_for(self.position, timeout=30)
                         await self.checkpoint()
                 if self._tg is not None:
                     self._tg.cancel_scope.cancel()
