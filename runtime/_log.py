@@ -156,6 +156,16 @@ def decode_rows(rows: Sequence[tuple[Any, ...]], events: TypeRegistry) -> list[R
         ]
 
 
+def check_contiguous(path: Path, after: int, events: Sequence[RecordedEvent]) -> None:
+    """A chunk read after ``after`` must hold positions after+1, after+2, ... with no gap."""
+    first, last = events[0].position, events[-1].position
+    if first != after + 1 or last != first + len(events) - 1:
+        raise LogCorrupted(
+            f"{path}: positions after {after} are not contiguous (expected {after + 1}, "
+            f"found {first}..{last} in {len(events)} rows); the log was edited by hand"
+        )
+
+
 @final
 class LogScanner:
     """A synchronous, read-only pass over the log on the calling thread: for start-up replay only.
@@ -428,16 +438,9 @@ class LogReader:
 
     async def scan(self, *, after: int = 0, chunk: int = 2000) -> AsyncIterator[list[RecordedEvent]]:
         """Every event after ``after``, in order, in chunks; checks that positions have no gap."""
-        expected = after + 1
         while decoded := await self.read(after, chunk):
-            first, last = decoded[0].position, decoded[-1].position
-            if first != expected or last != expected + len(decoded) - 1:
-                raise LogCorrupted(
-                    f"{self.path}: positions after {after} are not contiguous (expected {expected}, "
-                    f"found {first}..{last} in {len(decoded)} rows); the log was edited by hand"
-                )
-            expected += len(decoded)
-            after = last
+            check_contiguous(self.path, after, decoded)
+            after = decoded[-1].position
             yield decoded
 
     async def read_stream(self, stream: str) -> list[RecordedEvent]:

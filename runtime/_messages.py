@@ -63,10 +63,6 @@ class Batch:
     events: tuple[RecordedEvent, ...]
     committed_at: float | None = None  # time.monotonic() at commit; None when read back from the log
 
-    @property
-    def last_position(self) -> int:
-        return self.events[-1].position
-
 
 class Receipt(NamedTuple):
     """The acknowledgement of a durable command.

@@ -16,7 +16,6 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, final
 
@@ -193,6 +192,3 @@ class Replica:
             overflows=self._overflows,
             waiters=len(self._waiters),
         )
-
-
-ReplicaFactory = Callable[[str], Replica]

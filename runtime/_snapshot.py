@@ -50,12 +50,8 @@ class SnapshotStore:
             return []
         return sorted(self.directory.glob(f"{self._domain}-*.snapshot"), reverse=True)
 
-    def write(self, position: int, state: object) -> Path:
-        """Serialise and write atomically (blocking: call it from a worker thread for big states)."""
-        body = orjson.dumps(state)
-        return self.write_bytes(position, body)
-
     def write_bytes(self, position: int, body: bytes) -> Path:
+        """Write a serialised checkpoint atomically (blocking: call it from a worker thread)."""
         header = {
             "format": _FORMAT,
             "version": _VERSION,
