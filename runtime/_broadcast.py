@@ -81,6 +81,11 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    @property
+    def overflows(self) -> int:
+        """How many times this subscriber's buffer overflowed and it fell back to the log."""
+        return self._overflows
+
     def statistics(self) -> SubscriptionStatistics:
         return SubscriptionStatistics(
             position=self.position,

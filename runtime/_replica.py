@@ -95,7 +95,7 @@ class Replica:
                         await anyio.lowlevel.checkpoint()
                     if not self.apply_batch(batch):
                         return
-                    self._overflows = subscription.statistics().overflows
+                    self._overflows = subscription.overflows
                     if not self.ready and self.position >= target:
                         self.ready = True
                         _log.info("replica_ready", replica=self.name, position=self.position)
