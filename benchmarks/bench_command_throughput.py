@@ -33,10 +33,10 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine, median, percentile, print_table, write_json
-from domain.shop.commands import Restock
-from domain.shop.events import ProductAdded, ProductRestocked
-from domain.shop.wiring import DOMAIN
-from runtime import App, EventLog, configure_logging
+from soloist import App, EventLog, configure_logging
+from soloist_shop.commands import Restock
+from soloist_shop.events import ProductAdded, ProductRestocked
+from soloist_shop.wiring import DOMAIN
 
 PRODUCTS = 1000
 _INSERT_EVENT = (

@@ -1,6 +1,6 @@
 """How fast does the read side answer, how far behind the writer does it run, and how fast does it come back?
 
-Measured, in one process on the shop domain (``domain.shop.wiring.DOMAIN``), on a fresh SQLite file:
+Measured, in one process on the shop domain (``soloist_shop.wiring.DOMAIN``), on a fresh SQLite file:
 
 1. **Queries/s with 1, 2, 4 and 8 replicas under a steady command load.** A background task submits
    ``Restock`` commands at a fixed rate (``--load-rate``, default 2,000/s, ``submit_nowait`` bursts every
@@ -62,21 +62,7 @@ import orjson
 import uvloop
 
 from benchmarks._common import median, percentile, print_table, write_json
-from domain.shop.commands import AddProduct, RegisterCustomer, Restock
-from domain.shop.events import (
-    CustomerRegistered,
-    OrderCancelled,
-    OrderLine,
-    OrderPlaced,
-    OrderShipped,
-    ProductAdded,
-    ProductRestocked,
-    StockReleased,
-    StockReserved,
-)
-from domain.shop.queries import GetProduct
-from domain.shop.wiring import DOMAIN
-from runtime import (
+from soloist import (
     App,
     Broadcast,
     EventLog,
@@ -89,6 +75,20 @@ from runtime import (
     Writer,
     configure_logging,
 )
+from soloist_shop.commands import AddProduct, RegisterCustomer, Restock
+from soloist_shop.events import (
+    CustomerRegistered,
+    OrderCancelled,
+    OrderLine,
+    OrderPlaced,
+    OrderShipped,
+    ProductAdded,
+    ProductRestocked,
+    StockReleased,
+    StockReserved,
+)
+from soloist_shop.queries import GetProduct
+from soloist_shop.wiring import DOMAIN
 
 if TYPE_CHECKING:
     import asyncio

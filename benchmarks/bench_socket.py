@@ -2,12 +2,12 @@
 
 Everything runs as real processes on 127.0.0.1 (free ports, a fresh temporary directory):
 
-- the writer: ``python -m runtime.cli serve --db <tmp>/bench.db --log-level warning`` (shop domain, seeded);
+- the writer: ``python -m soloist.cli serve --db <tmp>/bench.db --log-level warning`` (shop domain, seeded);
 - a bare echo server: this script with ``--serve-echo PORT``, an asyncio ``Protocol`` on uvloop with the
   same framing (split each chunk on ``\\n``, ``orjson.loads`` each line for its ``id``, answer each with a
   fixed tiny ``{"id", "ok", "result": "pong", "position"}`` line, one ``transport.write`` per chunk);
 - for the replica section, a second writer (``<tmp>/bench2.db``, queries only) and
-  ``python -m runtime.cli replica --upstream <that writer>`` (``<tmp>/replica.db``).
+  ``python -m soloist.cli replica --upstream <that writer>`` (``<tmp>/replica.db``).
 
 The load generator runs in its own process (one spawned worker, reused), so on this 2-core machine the
 server and the generator each get a core. It is a minimal asyncio ``Protocol`` client on uvloop:
@@ -350,7 +350,7 @@ class ServerProcess:
 
 def soloist(name: str, workdir: Path, *args: str) -> ServerProcess:
     port = free_port()
-    argv = [sys.executable, "-m", "runtime.cli", *args, "--port", str(port), "--log-level", "warning"]
+    argv = [sys.executable, "-m", "soloist.cli", *args, "--port", str(port), "--log-level", "warning"]
     return ServerProcess(name, port, argv, workdir / f"{name}.log")
 
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["load_domain", "main"]
 
-DEFAULT_DOMAIN: Final = "domain.shop.wiring:DOMAIN"
+DEFAULT_DOMAIN: Final = "soloist_shop.wiring:DOMAIN"
 _log = structlog.get_logger("soloist.cli")
 
 
@@ -48,7 +48,7 @@ class UsageError(Exception):
 
 
 def load_domain(spec: str) -> Domain[Any]:
-    """Import ``module:ATTR`` and return the :class:`~runtime.Domain` it names."""
+    """Import ``module:ATTR`` and return the :class:`~soloist.Domain` it names."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"--domain must look like module:ATTR (e.g. {DEFAULT_DOMAIN}), got {spec!r}")
@@ -58,7 +58,7 @@ def load_domain(spec: str) -> Domain[Any]:
         raise UsageError(f"cannot import {module_name!r} for --domain: {exc}") from exc
     domain = getattr(module, attr, None)
     if not isinstance(domain, Domain):
-        raise UsageError(f"{spec} is {type(domain).__name__}, not a runtime.Domain")
+        raise UsageError(f"{spec} is {type(domain).__name__}, not a soloist.Domain")
     return domain
 
 
@@ -188,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--unix", default=None, metavar="PATH", help="serve on a Unix socket instead of TCP")
         p.add_argument("--replicas", type=int, default=4, help="in-process read replicas (default 4)")
         p.add_argument("--token", default=token, help="require auth with this token (or $SOLOIST_TOKEN)")
-        p.add_argument("--domain", default=DEFAULT_DOMAIN, help=f"module:ATTR of a runtime.Domain ({DEFAULT_DOMAIN})")
+        p.add_argument("--domain", default=DEFAULT_DOMAIN, help=f"module:ATTR of a soloist.Domain ({DEFAULT_DOMAIN})")
         p.add_argument("--max-line", type=int, default=1 << 20, help="longest request line in bytes (1 MiB)")
         p.add_argument("--max-in-flight", type=int, default=1024, help="unanswered requests per connection")
         p.add_argument("--idle-timeout", type=float, default=300.0, help="close idle connections after (s)")

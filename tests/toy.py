@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runtime import Domain, DomainError, NotFound, RecordedEvent
+from soloist import Domain, DomainError, NotFound, RecordedEvent
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -2,7 +2,7 @@
 
 Streams are ``customer-{customer_id}``, ``product-{sku}`` and ``order-{order_id}``. `OrderPlaced`
 carries the customer's and products' names and prices at that moment, so read models never join.
-Field annotations are plain for the same reason as in `domain.shop.commands`.
+Field annotations are plain for the same reason as in `soloist_shop.commands`.
 """
 
 from __future__ import annotations

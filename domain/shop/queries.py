@@ -1,4 +1,4 @@
-"""Queries of the shop, answered by `domain.shop.read_models.ShopReadModels.query`."""
+"""Queries of the shop, answered by `soloist_shop.read_models.ShopReadModels.query`."""
 
 from __future__ import annotations
 

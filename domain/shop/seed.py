@@ -10,7 +10,7 @@ __all__ = ["seed_commands"]
 def seed_commands() -> list[object]:
     """Return the commands that build the demo shop: 12 products in 4 categories, 3 customers.
 
-    They are accepted in this order by `domain.shop.decider.decide` on an empty shop. One product
+    They are accepted in this order by `soloist_shop.decider.decide` on an empty shop. One product
     (``KIT-003``) starts with no stock, so ``in_stock`` searches show a difference.
     """
     return [

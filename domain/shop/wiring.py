@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, final
 
-from runtime import BadRequest, Domain, DomainError, NotFound
+from soloist import BadRequest, Domain, DomainError, NotFound
 
 from .commands import COMMANDS
 from .decider import decide, evolve
@@ -16,7 +16,7 @@ from .read_models import ShopReadModels
 from .seed import seed_commands
 
 if TYPE_CHECKING:
-    from runtime import RecordedEvent
+    from soloist import RecordedEvent
 
     from .state import State
 
@@ -25,7 +25,7 @@ __all__ = ["DOMAIN", "ShopReplicaModels"]
 
 @final
 class ShopReplicaModels:
-    """Adapts :class:`ShopReadModels` (which takes a domain event and a position) to ``runtime.ReadModels``."""
+    """Adapts :class:`ShopReadModels` (which takes a domain event and a position) to ``soloist.ReadModels``."""
 
     __slots__ = ("_apply", "models")
 

@@ -1,6 +1,6 @@
 """One client connection: an ``asyncio.Protocol`` that parses request lines and writes answer lines.
 
-See :mod:`runtime.net._server` for how requests are answered (synchronously, by callback, or by the
+See :mod:`soloist.net._server` for how requests are answered (synchronously, by callback, or by the
 subscription task) and for the backpressure rules. Everything here runs in the event loop's thread.
 """
 

@@ -13,7 +13,7 @@ connection can: ::
     └── ConnectionLost        (client side) the connection closed with requests still unanswered
 
 The client raises the runtime's own classes where one exists for a code (``rejected`` ->
-:class:`~runtime.DomainError`, ``timeout`` on a query -> :class:`~runtime.ConsistencyTimeout`, ...),
+:class:`~soloist.DomainError`, ``timeout`` on a query -> :class:`~soloist.ConsistencyTimeout`, ...),
 so code written against an in-process ``App`` catches the same exceptions over a socket. Those
 instances carry the server's message; attributes that only an in-process error knows (e.g.
 ``ConsistencyTimeout.wanted``) are not set on them.

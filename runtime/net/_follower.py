@@ -1,7 +1,7 @@
 """A replica process: keep a follower ``App`` in step with the writer, over the socket protocol.
 
 :meth:`Follower.run` subscribes to the writer (the *upstream*) from the local log's position, turns
-each received run of events into :class:`~runtime.RecordedEvent` objects (``data`` decoded with the
+each received run of events into :class:`~soloist.RecordedEvent` objects (``data`` decoded with the
 domain's event registry) and hands them to ``app.replicate`` in batches: one local transaction per
 batch, then the local broadcast feeds the local replicas. If the upstream goes away it reconnects
 with exponential backoff and resumes from the local position: no gap, no duplicate.

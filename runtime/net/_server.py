@@ -82,7 +82,7 @@ class ServerStatistics:
 
 @final
 class Server:
-    """Serves one :class:`~runtime.App` on TCP or a Unix socket. Start with ``await tg.start(server.serve)``."""
+    """Serves one :class:`~soloist.App` on TCP or a Unix socket. Start with ``await tg.start(server.serve)``."""
 
     def __init__(
         self,

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from domain.shop.commands import AddProduct, OrderLineRequest, PlaceOrder, RegisterCustomer
-from domain.shop.decider import decide, evolve
-from domain.shop.events import stream_of
-from domain.shop.read_models import ShopReadModels
+from soloist_shop.commands import AddProduct, OrderLineRequest, PlaceOrder, RegisterCustomer
+from soloist_shop.decider import decide, evolve
+from soloist_shop.events import stream_of
+from soloist_shop.read_models import ShopReadModels
 
 if TYPE_CHECKING:
-    from domain.shop.events import Event
-    from domain.shop.state import State
+    from soloist_shop.events import Event
+    from soloist_shop.state import State
 
 
 @dataclass(eq=False)

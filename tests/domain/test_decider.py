@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 import pytest
 
-from domain.shop.commands import (
+from soloist_shop.commands import (
     COMMANDS,
     AddProduct,
     CancelOrder,
@@ -20,9 +20,9 @@ from domain.shop.commands import (
     Restock,
     ShipOrder,
 )
-from domain.shop.decider import MAX_ORDER_LINES, decide, evolve
-from domain.shop.errors import InvalidQuery, NotFound, RuleViolation, ShopError
-from domain.shop.events import (
+from soloist_shop.decider import MAX_ORDER_LINES, decide, evolve
+from soloist_shop.errors import InvalidQuery, NotFound, RuleViolation, ShopError
+from soloist_shop.events import (
     EVENTS,
     CustomerRegistered,
     OrderCancelled,
@@ -39,9 +39,9 @@ from domain.shop.events import (
     product_stream,
     stream_of,
 )
-from domain.shop.queries import QUERIES, SearchProducts
-from domain.shop.seed import seed_commands
-from domain.shop.state import CustomerState, OrderState, ProductState
+from soloist_shop.queries import QUERIES, SearchProducts
+from soloist_shop.seed import seed_commands
+from soloist_shop.state import CustomerState, OrderState, ProductState
 
 from .shop_harness import ShopHarness, add_product, place, register
 

@@ -16,7 +16,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.shop.commands import (
+from soloist_shop.commands import (
     AddProduct,
     CancelOrder,
     ChangePrice,
@@ -26,9 +26,9 @@ from domain.shop.commands import (
     Restock,
     ShipOrder,
 )
-from domain.shop.errors import NotFound, RuleViolation
-from domain.shop.events import product_stream
-from domain.shop.queries import (
+from soloist_shop.errors import NotFound, RuleViolation
+from soloist_shop.events import product_stream
+from soloist_shop.queries import (
     CustomerOrders,
     GetOrder,
     GetProduct,
@@ -36,8 +36,8 @@ from domain.shop.queries import (
     SearchProducts,
     TopProducts,
 )
-from domain.shop.read_models import ShopReadModels
-from domain.shop.state import ProductState
+from soloist_shop.read_models import ShopReadModels
+from soloist_shop.state import ProductState
 
 from .shop_harness import ShopHarness, json_round_trip
 

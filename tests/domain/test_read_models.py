@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from domain.shop.commands import CancelOrder, ChangePrice, Restock, ShipOrder
-from domain.shop.errors import InvalidQuery, NotFound
-from domain.shop.events import CustomerRegistered, OrderCancelled, OrderLine, OrderPlaced, ProductAdded
-from domain.shop.queries import (
+from soloist_shop.commands import CancelOrder, ChangePrice, Restock, ShipOrder
+from soloist_shop.errors import InvalidQuery, NotFound
+from soloist_shop.events import CustomerRegistered, OrderCancelled, OrderLine, OrderPlaced, ProductAdded
+from soloist_shop.queries import (
     CustomerOrders,
     GetOrder,
     GetProduct,
@@ -16,8 +16,8 @@ from domain.shop.queries import (
     SearchProducts,
     TopProducts,
 )
-from domain.shop.read_models import SNAPSHOT_VERSION, ShopReadModels, words_of
-from domain.shop.seed import seed_commands
+from soloist_shop.read_models import SNAPSHOT_VERSION, ShopReadModels, words_of
+from soloist_shop.seed import seed_commands
 
 from .shop_harness import ShopHarness, add_product, assert_json_native, json_round_trip, place, register
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from domain.shop.commands import AddProduct, OrderLineRequest, PlaceOrder, RegisterCustomer
-from domain.shop.queries import GetProduct, SalesSummary, SearchProducts, TopProducts
-from domain.shop.wiring import DOMAIN
-from runtime import App, BadRequest, DomainError, NotFound, Receipt
+from soloist import App, BadRequest, DomainError, NotFound, Receipt
+from soloist_shop.commands import AddProduct, OrderLineRequest, PlaceOrder, RegisterCustomer
+from soloist_shop.queries import GetProduct, SalesSummary, SearchProducts, TopProducts
+from soloist_shop.wiring import DOMAIN
 
 if TYPE_CHECKING:
     from pathlib import Path

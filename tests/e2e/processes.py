@@ -32,7 +32,7 @@ def _env() -> dict[str, str]:
 
 
 class SoloistProcess:
-    """A running ``python -m runtime.cli serve|replica``; its JSON log lines go to a file."""
+    """A running ``python -m soloist.cli serve|replica``; its JSON log lines go to a file."""
 
     def __init__(self, process: Process, log: Path) -> None:
         self.process = process
@@ -79,7 +79,7 @@ async def soloist(log: Path, *args: str) -> AsyncIterator[SoloistProcess]:
     """Start ``soloist <args>`` (with the toy bank domain) and wait until it listens; kill it if still running."""
     with log.open("wb") as sink:
         process = await anyio.open_process(
-            [sys.executable, "-m", "runtime.cli", *args, "--domain", DOMAIN, "--port", "0"],
+            [sys.executable, "-m", "soloist.cli", *args, "--domain", DOMAIN, "--port", "0"],
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=sink,
@@ -101,6 +101,6 @@ async def soloist(log: Path, *args: str) -> AsyncIterator[SoloistProcess]:
 async def run_cli(*args: str, stdin: bytes | None = None) -> tuple[int, bytes]:
     """Run a one-shot ``soloist`` command (send, stats); its exit code and stdout."""
     result = await anyio.run_process(
-        [sys.executable, "-m", "runtime.cli", *args], input=stdin, check=False, env=_env(), cwd=ROOT
+        [sys.executable, "-m", "soloist.cli", *args], input=stdin, check=False, env=_env(), cwd=ROOT
     )
     return result.returncode, result.stdout

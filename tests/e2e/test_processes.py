@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from runtime.net import Client, ConnectionLost, UnknownOp
+from soloist.net import Client, ConnectionLost, UnknownOp
 from tests.e2e.processes import run_cli, soloist
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import orjson
 
-from runtime import App
-from runtime.net import Server
+from soloist import App
+from soloist.net import Server
 from tests.toy import BANK
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import SocketStream
 
-    from runtime import Domain
+    from soloist import Domain
 
 __all__ = ["RawConnection", "raw", "serving"]
 

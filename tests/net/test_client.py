@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from runtime import (
+from soloist import (
     Answer,
     BadRequest,
     ConcurrencyError,
@@ -18,7 +18,7 @@ from runtime import (
     Overloaded,
     UnknownType,
 )
-from runtime.net import (
+from soloist.net import (
     CODES,
     Client,
     CommandTimeout,
@@ -35,7 +35,7 @@ from tests.net.test_server import until, write_lock
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from runtime.net import Server
+    from soloist.net import Server
 
 
 def connect(server: Server, **options: object) -> Client:

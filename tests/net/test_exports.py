@@ -1,8 +1,8 @@
-"""runtime.net's public face: a sorted __all__ of names that exist, re-exported from private modules."""
+"""soloist.net's public face: a sorted __all__ of names that exist, re-exported from private modules."""
 
 from __future__ import annotations
 
-import runtime.net as net
+import soloist.net as net
 
 
 class TestExports:
@@ -17,5 +17,5 @@ class TestExports:
         public = {name for name in vars(net) if not name.startswith("_") and name != "annotations"}
         assert public == set(net.__all__)
         for name in net.__all__:
-            module = getattr(getattr(net, name), "__module__", "runtime.net._x")
-            assert module.startswith("runtime.net._"), (name, module)
+            module = getattr(getattr(net, name), "__module__", "soloist.net._x")
+            assert module.startswith("soloist.net._"), (name, module)

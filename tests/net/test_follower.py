@@ -9,8 +9,8 @@ import anyio
 import anyio.abc
 import pytest
 
-from runtime import App, ConsistencyTimeout, LogReader
-from runtime.net import Client, Follower, Server, UnknownOp, parse_address
+from soloist import App, ConsistencyTimeout, LogReader
+from soloist.net import Client, Follower, Server, UnknownOp, parse_address
 from tests.net.test_server import until
 from tests.toy import BANK, Deposit, Open
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.net import LineSplitter
-from runtime.net._framing import encode_error, encode_ok
+from soloist.net import LineSplitter
+from soloist.net._framing import encode_error, encode_ok
 
 
 class TestLineSplitter:

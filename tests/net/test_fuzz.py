@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from anyio.from_thread import BlockingPortal
 
-    from runtime import App
+    from soloist import App
 
 MAX_LINE = 4096
 OPS = ["ping", "command", "query", "subscribe", "stats", "auth", "nope", "", "PING"]

@@ -10,8 +10,8 @@ import anyio
 import orjson
 import pytest
 
-from runtime import App
-from runtime.net import Client, Server
+from soloist import App
+from soloist.net import Client, Server
 from tests.net.harness import RawConnection, raw, serving
 from tests.toy import BANK
 

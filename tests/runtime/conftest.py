@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from runtime import App
+from soloist import App
 from tests.toy import BANK
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import sys
 import anyio
 import uvloop
 
-from runtime import App, Receipt, configure_logging
+from soloist import App, Receipt, configure_logging
 from tests.toy import BANK, Balance, Deposit, Open
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from runtime import App, WriterLocked
+from soloist import App, WriterLocked
 from tests.toy import BANK, Open
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import Batch, Broadcast, RecordedEvent
+from soloist import Batch, Broadcast, RecordedEvent
 from tests.toy import Deposit, Open
 
 if TYPE_CHECKING:

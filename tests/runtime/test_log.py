@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from runtime import App, EventLog, LogCorrupted, LogReader, PersistenceError, TypeRegistry
+from soloist import App, EventLog, LogCorrupted, LogReader, PersistenceError, TypeRegistry
 from tests.toy import BANK, Moved, Opened
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from runtime._log import EventRow
+    from soloist._log import EventRow
 
 EVENTS = TypeRegistry("event", BANK.events)
 

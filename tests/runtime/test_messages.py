@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from runtime import BadRequest, TypeRegistry, UnknownType
+from soloist import BadRequest, TypeRegistry, UnknownType
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,22 +5,22 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import runtime
+import soloist
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class TestPublicApi:
     def test_all_is_sorted_and_resolves(self) -> None:
-        """Every name in runtime.__all__ exists, and the list is sorted."""
-        assert runtime.__all__ == sorted(runtime.__all__)
-        for name in runtime.__all__:
-            assert hasattr(runtime, name), name
+        """Every name in soloist.__all__ exists, and the list is sorted."""
+        assert soloist.__all__ == sorted(soloist.__all__)
+        for name in soloist.__all__:
+            assert hasattr(soloist, name), name
 
     def test_every_public_name_is_exported(self) -> None:
         """Names bound in runtime/__init__ without a leading underscore are all listed in __all__."""
-        public = {n for n in vars(runtime) if not n.startswith("_") and n not in {"annotations", "net", "cli"}}
-        assert public == set(runtime.__all__)
+        public = {n for n in vars(soloist) if not n.startswith("_") and n not in {"annotations", "net", "cli"}}
+        assert public == set(soloist.__all__)
 
     def test_init_only_reexports(self) -> None:
         """runtime/__init__.py holds imports and __all__, no code."""
@@ -33,9 +33,9 @@ class TestPublicApi:
         for path in (ROOT / "runtime").rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module is not None and node.level == 0:
-                    assert not node.module.startswith("domain"), f"{path} imports {node.module}"
+                    assert not node.module.startswith("soloist_shop"), f"{path} imports {node.module}"
                 elif isinstance(node, ast.Import):
-                    assert not any(a.name.startswith("domain") for a in node.names), f"{path} imports domain"
+                    assert not any(a.name.startswith("soloist_shop") for a in node.names), f"{path} imports domain"
 
     def test_domain_imports_runtime_only_in_wiring(self) -> None:
         """Only domain/shop/wiring.py imports the runtime; the rules stay pure."""
@@ -44,6 +44,8 @@ class TestPublicApi:
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module:
-                    assert not node.module.startswith("runtime"), f"{path} imports {node.module}"
+                    assert node.module.partition(".")[0] != "soloist", f"{path} imports {node.module}"
                 elif isinstance(node, ast.Import):
-                    assert not any(a.name.startswith("runtime") for a in node.names), f"{path} imports runtime"
+                    assert not any(a.name == "soloist" or a.name.startswith("soloist.") for a in node.names), (
+                        f"{path} imports runtime"
+                    )

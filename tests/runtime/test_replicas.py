@@ -10,7 +10,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime import Answer, App, BadRequest, ConsistencyTimeout, NotFound, SnapshotStore
+from soloist import Answer, App, BadRequest, ConsistencyTimeout, NotFound, SnapshotStore
 from tests.toy import BANK, Balance, Deposit, Open, Total, Transfer
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class TestConsistency:
             assert info.value.field == field
 
     async def test_domain_not_found_is_translated(self, open_app: AppFactory) -> None:
-        """A read model's own 'missing' error reaches the caller as runtime.NotFound."""
+        """A read model's own 'missing' error reaches the caller as soloist.NotFound."""
         async with open_app() as app:
             with pytest.raises(NotFound, match="no account 'zz'"):
                 await app.query(Balance(account="zz"))
@@ -171,7 +171,7 @@ class TestCheckpoints:
         elif damage == "truncate":
             raw = raw[:-5]
         elif damage == "header":
-            raw = b"{not json\n" + raw
+            raw = bytearray(b"{not json\n") + raw
         else:
             raw = bytearray()
         path.write_bytes(bytes(raw))

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from runtime import (
+from soloist import (
     ActorStopped,
     App,
     DomainError,
@@ -30,7 +30,7 @@ from runtime import (
     UnknownType,
     WriterLocked,
 )
-from runtime._guard import SingleWriterGuard
+from soloist._guard import SingleWriterGuard
 from tests.toy import BANK, Account, Crash, Deposit, Open, Opened, Transfer, Withdraw
 
 if TYPE_CHECKING:
@@ -338,7 +338,7 @@ class TestDomainBugs:
         """A decide that returns a generator works; a command orjson cannot encode fails alone, as internal."""
         from dataclasses import dataclass
 
-        from runtime import Domain
+        from soloist import Domain
 
         @dataclass(frozen=True, slots=True, kw_only=True)
         class Tagged:
