@@ -27,6 +27,7 @@ from pathlib import Path
 
 import aiosqlite
 import anyio
+import msgspec
 import orjson
 import uvloop
 
@@ -63,7 +64,7 @@ def prefill(path: Path, events: int) -> None:
         )
         versions[i] = 1
         rows.append(
-            (i + 1, f"product-sku-{i}", 1, "ProductAdded", 1, orjson.dumps(event).decode(), "prefill", None, now)
+            (i + 1, f"product-sku-{i}", 1, "ProductAdded", 1, msgspec.json.encode(event).decode(), "prefill", None, now)
         )
     for position in range(PRODUCTS + 1, events + 1):
         i = position % PRODUCTS
@@ -76,7 +77,7 @@ def prefill(path: Path, events: int) -> None:
                 versions[i],
                 "ProductRestocked",
                 1,
-                orjson.dumps(event).decode(),  # JSON text, as the writer stores it
+                msgspec.json.encode(event).decode(),  # JSON text, as the writer stores it
                 "prefill",
                 None,
                 now,
@@ -141,7 +142,7 @@ def _rows(start: int, count: int, versions: list[int]) -> list[tuple[object, ...
     for position in range(start, start + count):
         i = position % PRODUCTS
         versions[i] += 1
-        body = orjson.dumps(ProductRestocked(sku=f"sku-{i}", quantity=1)).decode()
+        body = msgspec.json.encode(ProductRestocked(sku=f"sku-{i}", quantity=1)).decode()
         out.append((position, f"product-sku-{i}", versions[i], "ProductRestocked", 1, body, "raw", None, now))
     return out
 

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import orjson
 import uvloop
 
@@ -506,7 +507,7 @@ async def build_log(path: Path, events: int) -> Row:
 def write_events(path: Path, events: int, *, chunk: int = 50_000) -> Row:
     """Bulk-insert events with sqlite3: synchronous=OFF, one transaction per ``chunk`` rows."""
     registry = TypeRegistry("event", DOMAIN.events)
-    name_of, schema_of, dumps = registry.name_of, registry.schema_of, orjson.dumps
+    name_of, schema_of, dumps = registry.name_of, registry.schema_of, msgspec.json.encode
     versions: dict[str, int] = {}
     by_type: dict[str, int] = {}
     conn = sqlite3.connect(path)

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
 import anyio
-import orjson
+import msgspec
 import structlog
 
 from ._broadcast import Broadcast, Subscription, SubscriptionStatistics
 from ._errors import ActorStopped, CQRSError, LogCorrupted, NotWriter
 from ._guard import SingleWriterGuard
 from ._log import EventLog, EventRow, LogReader, LogScanner, Synchronous, check_contiguous
-from ._messages import Answer, Batch, Receipt, RecordedEvent, TypeRegistry
+from ._messages import Answer, Batch, Receipt, RecordedEvent, TypeRegistry, encode
 from ._queries import Consistency, QueryRouter
 from ._replica import Replica, ReplicaStatistics
 from ._snapshot import SnapshotStore
@@ -91,6 +91,7 @@ class App:
         self.commands = TypeRegistry("command", domain.commands)
         self.events = TypeRegistry("event", domain.events)
         self.queries = TypeRegistry("query", domain.queries)
+        self.states = TypeRegistry("state", domain.states) if domain.states else None
         self._replica_count = replicas
         self._queue_capacity = queue_capacity
         self._max_batch = max_batch
@@ -119,6 +120,7 @@ class App:
         self._log_handle: EventLog | None = None
         self._last_checkpoint = 0
         self._replica_scopes: dict[str, anyio.CancelScope] = {}
+        self._rebuild_delays: dict[str, float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -179,6 +181,7 @@ class App:
                 publish=broadcast.publish,
                 capacity=self._queue_capacity,
                 max_batch=self._max_batch,
+                states=self.states,
             )
             writer_from = writer.restore(await self._writer_checkpoint(head))
             self._writer = writer
@@ -261,14 +264,28 @@ class App:
         if snapshot is None:
             return 0
         for replica in replicas:
-            replica.restore(snapshot.position, orjson.loads(snapshot.body))  # each replica owns its copy
+            replica.restore(snapshot.position, msgspec.json.decode(snapshot.body))  # each replica owns its copy
         _log.info("replicas_restored", snapshot=str(snapshot.path), position=snapshot.position, count=len(replicas))
         return snapshot.position
 
     async def _run_replica(self, replica: Replica, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Run one replica; if its read models fail, it is marked failed and rebuilt (backing off).
+
+        The other replicas keep serving meanwhile. A read model that fails on the same event every time
+        (a bug in a projection) is retried with a growing delay (up to a minute), and shows in ``stats``.
+        """
         with anyio.CancelScope() as scope:
             self._replica_scopes[replica.name] = scope
             await replica.run(task_status=task_status)
+        if not replica.failed or scope.cancel_called:
+            return
+        delay = self._rebuild_delays.get(replica.name, 0.05)
+        self._rebuild_delays[replica.name] = min(delay * 2, 60.0)
+        _log.warning("replica_rebuild_scheduled", replica=replica.name, position=replica.position, in_s=delay)
+        await anyio.sleep(delay)  # a real back-off, not ordering
+        index = next((i for i, r in enumerate(self.router.replicas) if r is replica), None)
+        if index is not None:
+            await self.rebuild_replica(index)
 
     async def rebuild_replica(self, index: int) -> Replica:
         """Replace replica ``index`` by a fresh one: newest checkpoint (if any) + the log's tail, then live.
@@ -375,7 +392,7 @@ class App:
                 e.version,
                 e.type,
                 e.schema,
-                e.data,  # encoded with the whole batch
+                encode(e.data),
                 e.command_id,
                 e.idempotency_key,
                 e.recorded_at,
@@ -452,10 +469,12 @@ class App:
             return None
         await self._checkpoint_writer()
         replica = self._router.most_advanced()
+        if replica is None:
+            return None
         position = replica.position
         if position == 0 or position == self._last_checkpoint:
             return None
-        body = orjson.dumps(replica.models.snapshot())  # in the loop: the models must not move meanwhile
+        body = encode(replica.models.snapshot())  # in the loop: the models must not move meanwhile
         store = self._snapshots
         path = await anyio.to_thread.run_sync(store.write_bytes, position, body)
         self._last_checkpoint = position
@@ -466,7 +485,10 @@ class App:
         store, writer = self._writer_snapshots, self._writer
         if store is None or writer is None or writer.position in (0, self._last_writer_checkpoint):
             return
-        position, serialise = writer.checkpoint()
+        taken = writer.checkpoint()
+        if taken is None:
+            return
+        position, serialise = taken
         path = await anyio.to_thread.run_sync(lambda: store.write_bytes(position, serialise()))
         self._last_writer_checkpoint = position
         _log.info("writer_checkpoint_written", path=str(path), position=position)

@@ -44,6 +44,7 @@ class Domain(Generic[S]):
     - ``evolve(state | None, event) -> state``: pure; the new state of ``stream_of(event)``.
     - ``errors``: domain exception class -> runtime error class (e.g. ``RuleViolation -> DomainError``).
     - ``seed``: commands to run when the log is empty (used by ``soloist serve``).
+    - ``states``: the classes ``evolve`` returns; without them the write model is rebuilt from the log.
     """
 
     name: str
@@ -55,6 +56,7 @@ class Domain(Generic[S]):
     stream_of: Callable[[Any], str]
     read_models: Callable[[], ReadModels]
     errors: Mapping[type[Exception], type[CQRSError]] = field(default_factory=dict)
+    states: Sequence[type] = ()  # the write-model state classes (Structs): lets the writer checkpoint its model
     seed: Callable[[], Sequence[object]] | None = None
 
     def translate(self, exc: Exception) -> CQRSError | None:

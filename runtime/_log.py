@@ -29,11 +29,11 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final, Literal, TypeVar, final
+from typing import IO, TYPE_CHECKING, Final, Literal, TypeVar, final
 
 import aiosqlite
 import anyio
-import orjson
+import msgspec
 
 from ._errors import LogCorrupted, PersistenceError, WriterLocked, translate_sqlite_error
 from ._gc import gc_paused
@@ -49,9 +49,9 @@ T = TypeVar("T")
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-# position, stream, version, type, schema, data (the event: a dataclass or JSON-native), command_id,
-# idempotency_key, recorded_at -- serialised to JSON by orjson, all rows of a batch at once
-EventRow = tuple[int, str, int, str, int, object, str, str | None, float]
+# position, stream, version, type, schema, data (the event's JSON, encoded by the writer), command_id,
+# idempotency_key, recorded_at -- the rows of a batch go to SQLite as one JSON array (data embedded raw)
+EventRow = tuple[int, str, int, str, int, bytes, str, str | None, float]
 # key, fingerprint, position
 KeyRow = tuple[str, str, int]
 
@@ -90,12 +90,9 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');
 INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', lower(hex(randomblob(16))));
 """
 
+_encode: Final = msgspec.json.Encoder().encode
 _MIN_SQLITE: Final = (3, 38, 0)  # the ->> operator used by the append trigger
 _APPEND: Final = "INSERT INTO append_batch (events, keys) VALUES (?, ?)"
-_SELECT_ROWS: Final = (
-    "SELECT position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at "
-    "FROM events WHERE position > ? ORDER BY position LIMIT ?"
-)
 # A chunk as ONE row holding a JSON array of rows (one step, see the module docstring). The event body
 # is embedded as JSON (json(data)); recorded_at goes through %!.17g so the double round-trips exactly.
 _CHUNK_COLUMNS: Final = (
@@ -114,14 +111,22 @@ class StoredKey:
     position: int
 
 
+# A stored row as the chunk query returns it, the event's JSON left undecoded until its type is known.
+_StoredRow = tuple[int, str, int, str, int, msgspec.Raw, str, str | None, float]
+_decode_rows: Final = msgspec.json.Decoder(list[_StoredRow]).decode
+
+
 def decode_chunk(text: str | bytes | None, events: TypeRegistry) -> list[RecordedEvent]:
-    """One chunk (a JSON array of rows, see ``_SELECT_FROM``) -> recorded events, in position order."""
+    """One chunk (a JSON array of rows, see ``_SELECT_FROM``) -> recorded events, in position order.
+
+    The one row decoder: every reader of the log (catch-up, replay at start, followers) goes through it.
+    """
     if not text:
         return []
-    decode = events.decode_trusted
+    decode = events.decode_stored
     make = RecordedEvent  # positional: the fields are in the row's order, minus the schema column
     with gc_paused():
-        rows = orjson.loads(text)
+        rows = _decode_rows(text)
         # json_group_array keeps the subquery's order in practice, but SQLite does not promise it:
         # sorting an already sorted list is one C pass.
         rows.sort(key=_first)
@@ -132,28 +137,6 @@ def decode_chunk(text: str | bytes | None, events: TypeRegistry) -> list[Recorde
 
 
 _first = operator.itemgetter(0)
-
-
-def decode_rows(rows: Sequence[tuple[Any, ...]], events: TypeRegistry) -> list[RecordedEvent]:
-    """Plain rows (``_SELECT_ROWS``) -> recorded events."""
-    decode = events.decode_trusted
-    loads = orjson.loads
-    make = RecordedEvent
-    with gc_paused():
-        return [
-            make(
-                position,
-                stream,
-                version,
-                type_name,
-                decode(type_name, loads(data)),
-                recorded_at,
-                command_id,
-                key,
-                schema,
-            )
-            for position, stream, version, type_name, schema, data, command_id, key, recorded_at in rows
-        ]
 
 
 def check_contiguous(path: Path, after: int, events: Sequence[RecordedEvent]) -> None:
@@ -187,10 +170,10 @@ class LogScanner:
 
     def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
         try:
-            rows = self._conn.execute(_SELECT_ROWS, (after, limit)).fetchall()
+            row = self._conn.execute(_SELECT_FROM, (after, limit)).fetchone()
         except sqlite3.Error as exc:
             raise translate_sqlite_error(exc, what=f"replaying {self.path} after position {after}") from exc
-        return decode_rows(rows, self._events)
+        return decode_chunk(None if row is None else row[0], self._events)
 
     def close(self) -> None:
         self._conn.close()
@@ -290,10 +273,11 @@ class EventLog:
     async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
         """Append a batch of events (and the idempotency keys they answer) in one durable transaction."""
         conn = self._c
-        try:
-            payload = (orjson.dumps(rows), orjson.dumps(keys))
-        except TypeError as exc:
-            raise PersistenceError(f"an event of the batch cannot be encoded as JSON: {exc}") from exc
+        Raw = msgspec.Raw  # each event's JSON is embedded as it is: no second encoding
+        payload = (
+            _encode([(p, s, v, t, sc, Raw(d), c, k, at) for p, s, v, t, sc, d, c, k, at in rows]),
+            _encode(keys),
+        )
         try:
             await conn.execute_fetchall(_APPEND, payload)  # one statement: one step, one hop, one commit
         except sqlite3.Error as exc:

@@ -75,19 +75,44 @@ class QueryRouter:
                 return replica
         return None
 
-    def most_advanced(self) -> Replica:
-        live = [r for r in self._replicas if not r.failed] or self._replicas
-        return max(live, key=lambda r: (r.ready, r.position))
+    def most_advanced(self) -> Replica | None:
+        """The live (not failed) replica with the highest position, ready ones first; None if all failed."""
+        best: Replica | None = None
+        for replica in self._replicas:
+            if not replica.failed and (best is None or (replica.ready, replica.position) > (best.ready, best.position)):
+                best = replica
+        return best
 
-    def query_nowait(self, query: object, target: int = 0) -> Answer:
-        """Answer now from a replica at ``target`` or beyond; :class:`ConsistencyTimeout` if none is there yet."""
+    def best_position(self) -> int:
+        best = self.most_advanced()
+        return 0 if best is None else best.position
+
+    def answer_now(self, query: object, target: int = 0) -> Answer | None:
+        """Answer from a replica at ``target`` or beyond, now; None if the caller must wait for one.
+
+        The one routing rule, used by :class:`~soloist.App` and by the socket server alike:
+
+        - a ready replica at ``target`` answers (round robin);
+        - for ``target == 0`` (eventual) a live replica still catching up answers too (its answer
+          carries the position it reflects);
+        - if every replica has failed, :class:`ActorStopped` (failed replicas are rebuilt by the App).
+        """
         replica = self.pick(target)
         if replica is None:
             best = self.most_advanced()
-            if target == 0 and not best.failed:
-                return best.query_nowait(query)  # eventual: a replica still catching up still answers
-            raise ConsistencyTimeout(target, best.position, 0)
+            if best is None:
+                raise ActorStopped("every replica has failed (see replica_apply_failed in the log); they are rebuilt")
+            if target != 0:
+                return None
+            replica = best
         return replica.query_nowait(query)
+
+    def query_nowait(self, query: object, target: int = 0) -> Answer:
+        """Answer now from a replica at ``target`` or beyond; :class:`ConsistencyTimeout` if none is there yet."""
+        answer = self.answer_now(query, target)
+        if answer is None:
+            raise ConsistencyTimeout(target, self.best_position(), 0)
+        return answer
 
     async def query(
         self,
@@ -99,38 +124,44 @@ class QueryRouter:
     ) -> Answer:
         """Answer ``query`` at the asked consistency, waiting (up to ``timeout``) for a replica to catch up."""
         target = self.target(consistency, min_position)
-        replica = self.pick(target)
-        if replica is None:
+        while (answer := self.answer_now(query, target)) is None:
             await self.wait_for(target, timeout)
-            replica = self.pick(target) or self.most_advanced()
-        return replica.query_nowait(query)
+        return answer
 
     def wait_future(self, target: int) -> asyncio.Future[None]:
         """A future resolved once some live replica has applied ``target``.
 
         It waits on the most advanced replica; if that one stops (fails, is rebuilt), the wait moves
-        to the next. It fails with :class:`ActorStopped` only when no live replica is left. For
-        callback-driven callers (the socket server) and :meth:`wait_for`.
+        to the next. It fails with :class:`ActorStopped` only when no live replica is left. Cancelling
+        it (a timed-out or abandoned wait) frees the replica's waiter at once.
         """
         outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        inner: list[asyncio.Future[None]] = []
 
         def attach() -> None:
             best = self.most_advanced()
-            if best.failed:
+            if best is None:
                 outer.set_exception(ActorStopped("every replica has failed; see replica_apply_failed in the log"))
                 return
-            inner = best.wait_future(target)
+            future = best.wait_future(target)
+            inner[:] = [future]
+            future.add_done_callback(done)
 
-            def done(future: asyncio.Future[None]) -> None:
-                if outer.done():
-                    return
-                if future.cancelled() or future.exception() is not None:
-                    attach()
-                else:
-                    outer.set_result(None)
+        def done(future: asyncio.Future[None]) -> None:
+            failed = future.cancelled() or future.exception() is not None  # always retrieve the outcome
+            if outer.done():
+                return
+            if failed:
+                attach()
+            else:
+                outer.set_result(None)
 
-            inner.add_done_callback(done)
+        def abandoned(_: asyncio.Future[None]) -> None:
+            if outer.cancelled():
+                for future in inner:
+                    future.cancel()
 
+        outer.add_done_callback(abandoned)
         attach()
         return outer
 
@@ -144,6 +175,6 @@ class QueryRouter:
             with anyio.fail_after(limit):
                 await future
         except TimeoutError:
-            raise ConsistencyTimeout(target, self.most_advanced().position, limit) from None
+            raise ConsistencyTimeout(target, self.best_position(), limit) from None
         finally:
             future.cancel()

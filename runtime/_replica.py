@@ -64,6 +64,7 @@ class Replica:
         self.ready = False  # True once caught up with the head it saw at start
         self.failed = False
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._abandoned = 0  # cancelled waiters still in the heap
         self._seq = itertools.count()
         self._applied = 0
         self._queries = 0
@@ -105,6 +106,7 @@ class Replica:
                 if not future.done():  # waiters move on to another replica (QueryRouter.wait_future)
                     future.set_exception(ActorStopped(f"{self.name} stopped at position {self.position}"))
             self._waiters.clear()
+            self._abandoned = 0
 
     def apply_batch(self, batch: Batch, *, sample_lag: bool = True) -> bool:
         """Apply a batch of events that follow :attr:`position`; False (and marked failed) if the models raise."""
@@ -138,6 +140,8 @@ class Replica:
             future = heapq.heappop(waiters)[2]
             if not future.done():
                 future.set_result(None)
+            elif self._abandoned:
+                self._abandoned -= 1
 
     # -- queries ---------------------------------------------------------------------------------------
 
@@ -157,13 +161,28 @@ class Replica:
         return Answer(result, self.position)
 
     def wait_future(self, position: int) -> asyncio.Future[None]:
-        """A future resolved once this replica has applied ``position`` (already done if it has)."""
+        """A future resolved once this replica has applied ``position`` (already done if it has).
+
+        Cancel it to give up: a cancelled waiter is dropped from the replica (the heap is compacted once
+        abandoned waiters make up half of it), so timed-out waits hold no memory.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.position >= position:
             future.set_result(None)
         else:
             heapq.heappush(self._waiters, (position, next(self._seq), future))
+            future.add_done_callback(self._waiter_done)
         return future
+
+    def _waiter_done(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled():
+            return
+        self._abandoned += 1
+        waiters = self._waiters
+        if self._abandoned > 16 and 2 * self._abandoned > len(waiters):
+            waiters[:] = [w for w in waiters if not w[2].done()]
+            heapq.heapify(waiters)
+            self._abandoned = 0
 
     async def wait_for(self, position: int, timeout: float) -> None:
         """Wait until this replica has applied ``position``; :class:`ConsistencyTimeout` after ``timeout``."""
@@ -190,5 +209,5 @@ class Replica:
             applied=self._applied,
             queries=self._queries,
             overflows=self._overflows,
-            waiters=len(self._waiters),
+            waiters=len(self._waiters) - self._abandoned,
         )

@@ -1,4 +1,4 @@
-"""Read-model checkpoints: one file per checkpoint, a JSON header line then an orjson body.
+"""Read-model checkpoints: one file per checkpoint, a JSON header line then a JSON body.
 
 Header: ``{"format": "soloist-snapshot", "version": 1, "domain": ..., "schema": ..., "position": ...,
 "length": ..., "sha256": ...}``. A file whose header, length or checksum does not match, whose schema
@@ -13,9 +13,9 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, final
+from typing import Annotated, Final, final
 
-import orjson
+import msgspec
 import structlog
 
 __all__ = ["Snapshot", "SnapshotStore"]
@@ -25,10 +25,26 @@ _VERSION: Final = 1
 _log = structlog.get_logger("soloist.snapshot")
 
 
+class _Header(msgspec.Struct, frozen=True, kw_only=True):
+    """The first line of a checkpoint file."""
+
+    format: str
+    version: int
+    domain: str
+    log_id: str
+    schema: int
+    position: Annotated[int, msgspec.Meta(ge=0)]
+    length: int
+    sha256: str
+
+
+_decode_header: Final = msgspec.json.Decoder(_Header).decode
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     position: int
-    body: bytes  # orjson; each replica decodes its own copy, so no two replicas share mutable state
+    body: bytes  # JSON; each replica decodes its own copy, so no two replicas share mutable state
     path: Path
 
 
@@ -52,21 +68,21 @@ class SnapshotStore:
 
     def write_bytes(self, position: int, body: bytes) -> Path:
         """Write a serialised checkpoint atomically (blocking: call it from a worker thread)."""
-        header = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "domain": self._domain,
-            "log_id": self.log_id,
-            "schema": self._schema,
-            "position": position,
-            "length": len(body),
-            "sha256": hashlib.sha256(body).hexdigest(),
-        }
+        header = _Header(
+            format=_FORMAT,
+            version=_VERSION,
+            domain=self._domain,
+            log_id=self.log_id,
+            schema=self._schema,
+            position=position,
+            length=len(body),
+            sha256=hashlib.sha256(body).hexdigest(),
+        )
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{self._domain}-{position:020d}.snapshot"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
-            f.write(orjson.dumps(header) + b"\n")
+            f.write(msgspec.json.encode(header) + b"\n")
             f.write(body)
             f.flush()
             os.fsync(f.fileno())
@@ -96,24 +112,24 @@ class SnapshotStore:
         newline = raw.find(b"\n")
         if newline < 0:
             raise ValueError("no header line")
-        header = orjson.loads(raw[:newline])
-        if not isinstance(header, dict) or header.get("format") != _FORMAT or header.get("version") != _VERSION:
+        try:
+            header = _decode_header(raw[:newline])
+        except msgspec.MsgspecError as exc:
+            raise ValueError(f"not a {_FORMAT} v{_VERSION} file: bad header ({exc})") from None
+        if header.format != _FORMAT or header.version != _VERSION:
             raise ValueError(f"not a {_FORMAT} v{_VERSION} file")
-        if header.get("domain") != self._domain or header.get("schema") != self._schema:
+        if header.domain != self._domain or header.schema != self._schema:
             raise ValueError(
-                f"made for domain {header.get('domain')!r} schema {header.get('schema')}, "
-                f"need {self._domain!r} schema {self._schema}"
+                f"made for domain {header.domain!r} schema {header.schema}, need {self._domain!r} schema {self._schema}"
             )
-        if self.log_id and header.get("log_id") != self.log_id:
-            raise ValueError(f"made for log {header.get('log_id')!r}, this log is {self.log_id!r}")
+        if self.log_id and header.log_id != self.log_id:
+            raise ValueError(f"made for log {header.log_id!r}, this log is {self.log_id!r}")
         body = raw[newline + 1 :]
-        if len(body) != header.get("length"):
-            raise ValueError(f"body is {len(body)} bytes, header says {header.get('length')} (truncated?)")
-        if hashlib.sha256(body).hexdigest() != header.get("sha256"):
+        if len(body) != header.length:
+            raise ValueError(f"body is {len(body)} bytes, header says {header.length} (truncated?)")
+        if hashlib.sha256(body).hexdigest() != header.sha256:
             raise ValueError("checksum mismatch (corrupted)")
-        position = header.get("position")
-        if not isinstance(position, int) or position < 0:
-            raise ValueError(f"bad position {position!r}")
+        position = header.position
         if position > max_position:
             raise ValueError(f"position {position} is beyond the log's head {max_position} (stale database?)")
         return Snapshot(position=position, body=body, path=path)

@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import pickle
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, final
 
 import anyio
-import orjson
+import msgspec
 import structlog
 
 from ._errors import (
@@ -32,11 +31,12 @@ from ._errors import (
     LogCorrupted,
     Overloaded,
     PersistenceError,
+    UnknownType,
 )
 from ._gc import gc_paused
 from ._guard import SingleWriterGuard
 from ._log import EventLog, EventRow, KeyRow, LogReader, StoredKey
-from ._messages import Batch, Receipt, RecordedEvent, TypeRegistry, fingerprint
+from ._messages import Batch, Receipt, RecordedEvent, TypeRegistry, encode, fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["Writer", "WriterStatistics"]
 
 _log = structlog.get_logger("soloist.writer")
+_decode_checkpoint: Final = msgspec.json.Decoder(list[tuple[str, int, str, msgspec.Raw]]).decode
 _ABSENT: Final = object()
 
 
@@ -110,6 +111,7 @@ class Writer:
         publish: Callable[[Batch], None],
         capacity: int = 8192,
         max_batch: int = 1024,
+        states: TypeRegistry | None = None,
     ) -> None:
         if capacity < 1 or max_batch < 1:
             raise ValueError(f"capacity ({capacity}) and max_batch ({max_batch}) must be at least 1")
@@ -120,6 +122,7 @@ class Writer:
         self._log = log
         self._commands = commands
         self._events = events
+        self._state_types = states  # the domain's write-model state classes, for checkpoints
         self._publish = publish
         self._capacity = capacity
         self._max_batch = max_batch
@@ -184,15 +187,25 @@ class Writer:
         if snapshot is None:
             return 0
         try:
-            states, versions = pickle.loads(snapshot[1])
-            if not isinstance(states, dict) or not isinstance(versions, dict):
-                raise TypeError(f"expected two dicts, got {type(states).__name__}, {type(versions).__name__}")
-        except Exception as exc:
+            states, versions = self._load_checkpoint(snapshot[1])
+        except (msgspec.MsgspecError, UnknownType, ValueError) as exc:
             _log.warning("writer_checkpoint_rejected", position=snapshot[0], reason=f"{type(exc).__name__}: {exc}")
             return 0
         self._states, self._versions = states, versions
         self._position = snapshot[0]
         return self._position
+
+    def _load_checkpoint(self, body: bytes) -> tuple[dict[str, object], dict[str, int]]:
+        if self._state_types is None:
+            raise ValueError("the domain declares no state types (Domain.states); the log is replayed instead")
+        decoder = self._state_types.decoder
+        states: dict[str, object] = {}
+        versions: dict[str, int] = {}
+        with gc_paused():
+            for stream, version, type_name, state in _decode_checkpoint(body):
+                states[stream] = decoder(type_name)(state)
+                versions[stream] = version
+        return states, versions
 
     def replay(self, chunk: Sequence[RecordedEvent]) -> None:
         """Evolve committed events (in order, after :attr:`position`) into the write model; checks versions."""
@@ -225,15 +238,22 @@ class Writer:
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    def checkpoint(self) -> tuple[int, Callable[[], bytes]]:
-        """The write model as of the last commit: ``(position, serialise)``.
+    def checkpoint(self) -> tuple[int, Callable[[], bytes]] | None:
+        """The write model as of the last commit: ``(position, serialise)``; None if it cannot be saved.
 
         Taken between batches, so it matches the log at ``position``. States are immutable values, so a
-        shallow copy of the two dicts is a consistent checkpoint; ``serialise`` (pickle; the file is as
-        trusted as the database beside it) may then run in a worker thread while the writer goes on.
+        shallow copy of the two dicts is a consistent checkpoint; ``serialise`` (JSON: one
+        ``[stream, version, state type, state]`` row per stream, decoded by the domain's state types) may
+        then run in a worker thread while the writer goes on.
         """
-        states, versions = dict(self._states), dict(self._versions)
-        return self._position, lambda: pickle.dumps((states, versions), protocol=pickle.HIGHEST_PROTOCOL)
+        if self._state_types is None:
+            return None
+        states, versions, name_of = dict(self._states), dict(self._versions), self._state_types.name_of
+
+        def serialise() -> bytes:
+            return encode([(stream, versions[stream], name_of(state), state) for stream, state in states.items()])
+
+        return self._position, serialise
 
     # -- submission -----------------------------------------------------------------------------------
 
@@ -349,7 +369,6 @@ class Writer:
         states, versions, keys = self._states, self._versions, self._keys
         decide, evolve, stream_of = self._decide, self._evolve, self._stream_of
         name_of, schema_of = self._events.name_of, self._events.schema_of
-        dumps, Fragment = orjson.dumps, orjson.Fragment
         translate = self._domain.translate
         now = time.time()
         position = start = self._position
@@ -397,7 +416,7 @@ class Writer:
                             old_version + 1,
                             name_of(event),
                             schema_of(event),
-                            Fragment(dumps(event)),  # encoded here: a bad event fails only its command
+                            encode(event),  # encoded here: a bad event fails only its command
                             command_id,
                             key,
                             now,

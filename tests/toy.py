@@ -5,13 +5,18 @@ Pure decide/evolve over ``account-<id>`` streams; a transfer touches two streams
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from soloist import Domain, DomainError, NotFound, RecordedEvent
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+
+class Msg(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of the toy bank's messages."""
 
 
 class Refused(Exception):
@@ -22,60 +27,50 @@ class Missing(Exception):
     """A query for an unknown account."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Open:
+class Open(Msg, frozen=True, kw_only=True):
     account: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Deposit:
+class Deposit(Msg, frozen=True, kw_only=True):
     account: str
     amount: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Withdraw:
+class Withdraw(Msg, frozen=True, kw_only=True):
     account: str
     amount: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Transfer:
+class Transfer(Msg, frozen=True, kw_only=True):
     source: str
     target: str
     amount: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Crash:
+class Crash(Msg, frozen=True, kw_only=True):
     """A command whose decide raises an undeclared exception (a bug)."""
 
     account: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Opened:
+class Opened(Msg, frozen=True, kw_only=True):
     account: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Moved:
+class Moved(Msg, frozen=True, kw_only=True):
     account: str
     delta: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Balance:
+class Balance(Msg, frozen=True, kw_only=True):
     account: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Total:
+class Total(Msg, frozen=True, kw_only=True):
     pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Account:
+class Account(Msg, frozen=True, kw_only=True):
     balance: int
 
 
@@ -170,4 +165,5 @@ BANK: Domain[Account] = Domain(
     stream_of=stream_of,
     read_models=Bank,
     errors={Refused: DomainError, Missing: NotFound},
+    states=(Account,),
 )

@@ -1,14 +1,14 @@
 """Commands of the shop: what a client asks the writer to do.
 
-Field annotations are kept plain (``str``, ``int``, ``tuple[Dataclass, ...]``) because the runtime
-decodes JSON into these classes by reading them with ``typing.get_type_hints``; nested dataclasses
-are therefore module-level names.
+Each is a frozen :class:`~soloist_shop.message.Message` (a msgspec Struct) that the runtime decodes
+from JSON with every field checked; nested values (``OrderLineRequest``) are module-level names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TypeAlias
+
+from .message import Message
 
 __all__ = [
     "COMMANDS",
@@ -24,15 +24,13 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RegisterCustomer:
+class RegisterCustomer(Message, frozen=True, kw_only=True):
     customer_id: str
     name: str
     email: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AddProduct:
+class AddProduct(Message, frozen=True, kw_only=True):
     sku: str
     name: str
     category: str
@@ -41,40 +39,34 @@ class AddProduct:
     description: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChangePrice:
+class ChangePrice(Message, frozen=True, kw_only=True):
     sku: str
     price_cents: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Restock:
+class Restock(Message, frozen=True, kw_only=True):
     sku: str
     quantity: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderLineRequest:
+class OrderLineRequest(Message, frozen=True, kw_only=True):
     """One line of a `PlaceOrder` (a value inside the command, not a command itself)."""
 
     sku: str
     quantity: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PlaceOrder:
+class PlaceOrder(Message, frozen=True, kw_only=True):
     order_id: str
     customer_id: str
     lines: tuple[OrderLineRequest, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CancelOrder:
+class CancelOrder(Message, frozen=True, kw_only=True):
     order_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ShipOrder:
+class ShipOrder(Message, frozen=True, kw_only=True):
     order_id: str
 
 

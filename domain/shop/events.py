@@ -2,13 +2,14 @@
 
 Streams are ``customer-{customer_id}``, ``product-{sku}`` and ``order-{order_id}``. `OrderPlaced`
 carries the customer's and products' names and prices at that moment, so read models never join.
-Field annotations are plain for the same reason as in `soloist_shop.commands`.
+Frozen msgspec Structs, like the commands; the log stores each as its JSON.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TypeAlias
+
+from .message import Message
 
 __all__ = [
     "EVENTS",
@@ -48,8 +49,7 @@ def order_stream(order_id: str) -> str:
 # -- customer stream ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CustomerRegistered:
+class CustomerRegistered(Message, frozen=True, kw_only=True):
     customer_id: str
     name: str
     email: str
@@ -58,8 +58,7 @@ class CustomerRegistered:
 # -- product stream ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProductAdded:
+class ProductAdded(Message, frozen=True, kw_only=True):
     sku: str
     name: str
     category: str
@@ -68,20 +67,17 @@ class ProductAdded:
     description: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PriceChanged:
+class PriceChanged(Message, frozen=True, kw_only=True):
     sku: str
     price_cents: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProductRestocked:
+class ProductRestocked(Message, frozen=True, kw_only=True):
     sku: str
     quantity: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StockReserved:
+class StockReserved(Message, frozen=True, kw_only=True):
     """Units of a product taken by an order (lives on the product's stream)."""
 
     sku: str
@@ -89,8 +85,7 @@ class StockReserved:
     quantity: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StockReleased:
+class StockReleased(Message, frozen=True, kw_only=True):
     """Units of a product given back by a cancelled order (lives on the product's stream)."""
 
     sku: str
@@ -101,8 +96,7 @@ class StockReleased:
 # -- order stream ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderLine:
+class OrderLine(Message, frozen=True, kw_only=True):
     """One line of an `OrderPlaced`: a value, not an event; name and price as they were then."""
 
     sku: str
@@ -111,21 +105,18 @@ class OrderLine:
     unit_price_cents: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderPlaced:
+class OrderPlaced(Message, frozen=True, kw_only=True):
     order_id: str
     customer_id: str
     customer_name: str
     lines: tuple[OrderLine, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderCancelled:
+class OrderCancelled(Message, frozen=True, kw_only=True):
     order_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderShipped:
+class OrderShipped(Message, frozen=True, kw_only=True):
     order_id: str
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TypeAlias
+
+from .message import Message
 
 __all__ = [
     "MAX_LIMIT",
@@ -21,13 +22,11 @@ MAX_LIMIT = 100
 """Largest ``limit`` any query accepts (the smallest is 1)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GetProduct:
+class GetProduct(Message, frozen=True, kw_only=True):
     sku: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SearchProducts:
+class SearchProducts(Message, frozen=True, kw_only=True):
     """Products whose name and description hold every word of `text`, filtered, ordered by (name, sku)."""
 
     text: str | None = None
@@ -37,26 +36,22 @@ class SearchProducts:
     limit: int = 20
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GetOrder:
+class GetOrder(Message, frozen=True, kw_only=True):
     order_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CustomerOrders:
+class CustomerOrders(Message, frozen=True, kw_only=True):
     """A customer's orders, newest first."""
 
     customer_id: str
     limit: int = 20
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SalesSummary:
+class SalesSummary(Message, frozen=True, kw_only=True):
     pass
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TopProducts:
+class TopProducts(Message, frozen=True, kw_only=True):
     """Best sellers by units sold (ties by sku)."""
 
     limit: int = 10

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, TypeAlias
+
+from .message import Message
 
 __all__ = [
     "CANCELLED",
@@ -22,23 +23,20 @@ CANCELLED: OrderStatus = "cancelled"
 SHIPPED: OrderStatus = "shipped"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CustomerState:
+class CustomerState(Message, frozen=True, kw_only=True):
     customer_id: str
     name: str
     email: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProductState:
+class ProductState(Message, frozen=True, kw_only=True):
     sku: str
     name: str
     price_cents: int
     stock: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderState:
+class OrderState(Message, frozen=True, kw_only=True):
     order_id: str
     status: OrderStatus
     lines: tuple[tuple[str, int], ...]

@@ -14,6 +14,7 @@ from .events import EVENTS, stream_of
 from .queries import QUERIES
 from .read_models import ShopReadModels
 from .seed import seed_commands
+from .state import CustomerState, OrderState, ProductState
 
 if TYPE_CHECKING:
     from soloist import RecordedEvent
@@ -59,4 +60,5 @@ DOMAIN: Domain[State] = Domain(
     read_models=ShopReplicaModels,
     errors={RuleViolation: DomainError, ShopNotFound: NotFound, InvalidQuery: BadRequest},
     seed=seed_commands,
+    states=(CustomerState, ProductState, OrderState),
 )

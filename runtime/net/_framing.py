@@ -2,29 +2,35 @@
 
 :class:`LineSplitter` turns received chunks into complete lines, enforcing a maximum line length
 without ever holding more than that many bytes of an unfinished line. The ``encode_*`` functions
-build answer lines (newline included) with orjson.
+build answer lines (newline included) with msgspec's JSON encoder.
 """
 
 from __future__ import annotations
 
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
-import orjson
+import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .._messages import RecordedEvent
 
 __all__ = [
     "DEFAULT_MAX_LINE",
-    "DUMPS_OPTIONS",
     "LineSplitter",
     "LineTooLong",
     "encode_error",
+    "encode_events",
     "encode_ok",
 ]
 
 DEFAULT_MAX_LINE: Final = 1 << 20
 """1 MiB: the longest request line a server accepts by default (without its ``\\n``)."""
 
-DUMPS_OPTIONS: Final = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
-_dumps: Final = orjson.dumps
+_encoder: Final = msgspec.json.Encoder()
+_encode: Final = _encoder.encode
+_encode_lines: Final = _encoder.encode_lines
 
 
 class LineTooLong(Exception):
@@ -42,6 +48,12 @@ class LineSplitter:
             raise ValueError(f"max_line must be at least 1 byte, got {max_line}")
         self._max = max_line
         self._partial = bytearray()
+
+    def finish(self) -> bytes:
+        """What is left of an unfinished line at the end of the stream (and forget it)."""
+        partial = bytes(self._partial)
+        self._partial.clear()
+        return partial
 
     @property
     def pending(self) -> int:
@@ -77,13 +89,38 @@ class LineSplitter:
         return lines, False
 
 
-def encode_ok(request_id: object, result: object, position: int | None = None) -> bytes:
-    """An ok answer line. Raises ``orjson.JSONEncodeError`` if ``result`` is not serialisable."""
-    if position is None:
-        return _dumps({"id": request_id, "ok": True, "result": result}, option=DUMPS_OPTIONS)
-    return _dumps({"id": request_id, "ok": True, "result": result, "position": position}, option=DUMPS_OPTIONS)
+class _Ok(msgspec.Struct, gc=False, omit_defaults=True):
+    id: int | str | None
+    ok: bool
+    result: object
+    position: int | None = None
 
 
-def encode_error(request_id: object, code: str, message: str) -> bytes:
+class _ErrorBody(msgspec.Struct, gc=False):
+    code: str
+    message: str
+
+
+class _Error(msgspec.Struct, gc=False):
+    id: int | str | None
+    ok: bool
+    error: _ErrorBody
+
+
+class _Event(msgspec.Struct, gc=False):
+    event: dict[str, object]
+
+
+def encode_ok(request_id: int | str | None, result: object, position: int | None = None) -> bytes:
+    """An ok answer line. Raises ``TypeError`` if ``result`` is not JSON-serialisable."""
+    return _encode(_Ok(request_id, True, result, position)) + b"\n"
+
+
+def encode_error(request_id: int | str | None, code: str, message: str) -> bytes:
     """An error answer line; never fails (the id was validated to be null, an int or a string)."""
-    return _dumps({"id": request_id, "ok": False, "error": {"code": code, "message": message}}, option=DUMPS_OPTIONS)
+    return _encode(_Error(request_id, False, _ErrorBody(code, message))) + b"\n"
+
+
+def encode_events(events: Sequence[RecordedEvent]) -> bytes:
+    """Event lines of a subscription, ``{"event": {...}}`` each, in one call."""
+    return _encode_lines([_Event(e.to_wire()) for e in events])

@@ -42,6 +42,7 @@ import structlog
 from .._errors import ActorStopped
 from ._connection import Connection
 from ._framing import DEFAULT_MAX_LINE
+from ._ops import Ops
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -113,6 +114,7 @@ class Server:
         self.shutdown_grace = shutdown_grace
         self.upstream = upstream
         self._tg: TaskGroup | None = None
+        self.ops: Ops | None = None  # made in serve(), on the loop that serves
         self._connections: set[Connection] = set()
         self._stopping = False
         self._all_closed: anyio.Event | None = None
@@ -152,6 +154,7 @@ class Server:
     async def serve(self, *, task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED) -> NoReturn:
         """Listen and serve until cancelled; then stop gracefully (see the module docstring)."""
         loop = asyncio.get_running_loop()
+        self.ops = Ops(self)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             listener: asyncio.AbstractServer

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import typing
 from types import MappingProxyType
 
+import msgspec
 import pytest
 
 from soloist_shop.commands import (
@@ -491,23 +491,25 @@ class TestMessageTypes:
         assert len(QUERIES) == 6
 
     @pytest.mark.parametrize("cls", [*COMMANDS, *EVENTS, *QUERIES, OrderLineRequest, OrderLine])
-    def test_messages_are_frozen_slotted_keyword_only_dataclasses(self, cls: type) -> None:
-        """Every message is a frozen, slotted, keyword-only dataclass."""
-        params = getattr(cls, "__dataclass_params__", None)
-        assert params is not None
-        assert params.frozen
-        assert "__slots__" in vars(cls)
-        assert all(f.kw_only for f in dataclasses.fields(cls))
+    def test_messages_are_frozen_strict_keyword_only_structs(self, cls: type) -> None:
+        """Every message is a frozen, keyword-only msgspec Struct that refuses unknown fields."""
+        assert issubclass(cls, msgspec.Struct)
+        config = cls.__struct_config__
+        assert config.frozen
+        assert config.forbid_unknown_fields
+        assert all(f.required or f.default is not msgspec.NODEFAULT for f in msgspec.structs.fields(cls))
+        with pytest.raises(TypeError, match="positional"):
+            cls(*[object()] * max(1, len(cls.__struct_fields__)))
 
     @pytest.mark.parametrize("cls", [*COMMANDS, *EVENTS, *QUERIES, OrderLineRequest, OrderLine])
     def test_annotations_resolve_to_plain_types(self, cls: type) -> None:
-        """get_type_hints resolves every field to str, int, bool, X | None or tuple[Dataclass, ...]."""
+        """get_type_hints resolves every field to str, int, bool, X | None or tuple[Struct, ...]."""
         allowed = {str, int, bool, str | None, int | None, bool | None}
         for name, hint in typing.get_type_hints(cls).items():
             if typing.get_origin(hint) is tuple:
                 item, ellipsis = typing.get_args(hint)
                 assert ellipsis is Ellipsis
-                assert dataclasses.is_dataclass(item), name
+                assert issubclass(item, msgspec.Struct), name
             else:
                 assert hint in allowed, (cls.__name__, name, hint)
 

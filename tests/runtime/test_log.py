@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from soloist import App, EventLog, LogCorrupted, LogReader, PersistenceError, TypeRegistry
+from soloist._messages import encode
 from tests.toy import BANK, Moved, Opened
 
 if TYPE_CHECKING:
@@ -20,9 +21,9 @@ EVENTS = TypeRegistry("event", BANK.events)
 
 
 def rows(first: int, count: int) -> list[EventRow]:
-    out: list[EventRow] = [(first, "account-a", first, "Opened", 1, Opened(account="a"), "c", None, 0.0)]
+    out: list[EventRow] = [(first, "account-a", first, "Opened", 1, encode(Opened(account="a")), "c", None, 0.0)]
     out += [
-        (p, "account-a", p, "Moved", 1, Moved(account="a", delta=1), "c", None, 0.0)
+        (p, "account-a", p, "Moved", 1, encode(Moved(account="a", delta=1)), "c", None, 0.0)
         for p in range(first + 1, first + count)
     ]
     return out
@@ -46,7 +47,7 @@ class TestEventLog:
         """UNIQUE(stream, version) holds even against a buggy writer; nothing of the batch is kept."""
         async with EventLog(db) as log:
             await log.append(rows(1, 2))
-            clash: EventRow = (3, "account-a", 2, "Moved", 1, {}, "c", None, 0.0)
+            clash: EventRow = (3, "account-a", 2, "Moved", 1, b"{}", "c", None, 0.0)
             with pytest.raises(PersistenceError, match="UNIQUE"):
                 await log.append([clash])
             assert await log.head() == 2
@@ -100,5 +101,5 @@ class TestLogReader:
             await log.append(rows(1, 3))
             async with LogReader(db, EVENTS) as reader:
                 assert len(await reader.read(0, 10)) == 3
-                await log.append([(4, "account-a", 4, "Moved", 1, {"account": "a", "delta": 1}, "c", None, 0.0)])
+                await log.append([(4, "account-a", 4, "Moved", 1, b'{"account": "a", "delta": 1}', "c", None, 0.0)])
                 assert len(await reader.read(0, 10)) == 4

@@ -1,0 +1,266 @@
+"""The op handlers: what each request does, answered now or by a callback.
+
+One :class:`Ops` per server. A handler takes the connection and the typed request (:mod:`._requests`)
+and either answers at once (``conn.ok`` / ``conn.error``) or takes an in-flight slot (a :class:`Pending`)
+that a future's callback or a timer answers exactly once. Query routing is not done here: every query
+goes through the App's one :class:`~soloist._queries.QueryRouter` (``answer_now`` / ``wait_future``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, final
+
+import structlog
+
+from .._errors import ActorStopped, BadRequest, ConsistencyTimeout, CQRSError, InternalError
+from ._errors import CommandTimeout, Unauthorized, UpstreamUnavailable
+from ._requests import (
+    AuthRequest,
+    CommandRequest,
+    PingRequest,
+    QueryRequest,
+    Request,
+    RequestId,
+    StatsRequest,
+    SubscribeRequest,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._messages import Receipt
+    from ._connection import Connection
+    from ._server import Server
+
+__all__ = ["Ops", "Pending", "internal"]
+
+_log = structlog.get_logger("soloist.server")
+
+
+def internal(exc: BaseException) -> CQRSError:
+    """The answer for an exception no handler expected (a bug): logged by the caller, answered ``internal``."""
+    return InternalError(f"the server failed on this request: {type(exc).__name__}: {exc}")
+
+
+@final
+class Pending:
+    """One request waiting for a callback: answered exactly once (by its future or its timer)."""
+
+    __slots__ = ("conn", "done", "request_id", "timer")
+
+    def __init__(self, conn: Connection, request_id: RequestId) -> None:
+        self.conn = conn
+        self.request_id = request_id
+        self.done = False
+        self.timer: asyncio.TimerHandle | None = None
+        conn.in_flight += 1
+
+    def finish(self) -> bool:
+        """Mark answered; False if it already was."""
+        if self.done:
+            return False
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        return True
+
+    def ok(self, result: object, position: int | None) -> None:
+        if self.finish():
+            self.conn.ok(self.request_id, result, position)
+            self.conn.answered()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.finish():
+            self.conn.error(self.request_id, exc if isinstance(exc, CQRSError) else internal(exc))
+            self.conn.answered()
+
+
+@final
+class Ops:
+    """The handlers of one server's ops."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._app = server.app
+        self._loop = asyncio.get_running_loop()
+        self._handlers: dict[type, Callable[[Connection, Request], None]] = {
+            QueryRequest: self._query,  # type: ignore[dict-item]
+            CommandRequest: self._command,  # type: ignore[dict-item]
+            PingRequest: self._ping,
+            StatsRequest: self._stats,
+            AuthRequest: self._auth,  # type: ignore[dict-item]
+            SubscribeRequest: self._subscribe,  # type: ignore[dict-item]
+        }
+
+    def handle(self, conn: Connection, request: Request) -> None:
+        """Answer ``request`` now or arrange for a callback to; raises :class:`CQRSError` to answer an error."""
+        self._handlers[type(request)](conn, request)
+
+    # -- ping, stats, auth ----------------------------------------------------------------------------
+
+    def _ping(self, conn: Connection, request: Request) -> None:
+        conn.ok(request.id, "pong", self._app.position)
+
+    def _stats(self, conn: Connection, request: Request) -> None:
+        conn.ok(request.id, self._server.stats_payload(), self._app.position)
+
+    def _auth(self, conn: Connection, request: AuthRequest) -> None:
+        if not self._server.token_matches(request.token):
+            conn.error(request.id, Unauthorized("wrong token; the connection is closed"))
+            _log.warning("auth_failed")
+            conn.drain_then_close()
+            return
+        conn.authed = True
+        conn.ok(request.id, True, self._app.position)
+
+    # -- command --------------------------------------------------------------------------------------
+
+    def _command(self, conn: Connection, request: CommandRequest) -> None:
+        app = self._app
+        command = app.commands.decode(request.type, request.data)
+        future = app.submit_nowait(command, idempotency_key=request.idempotency_key)
+        pending = Pending(conn, request.id)
+        if request.timeout_ms is not None:
+            timeout = request.timeout_ms / 1000.0
+            pending.timer = self._loop.call_later(timeout, self._command_timed_out, pending, timeout)
+        future.add_done_callback(lambda f: self._command_done(pending, f))
+
+    @staticmethod
+    def _command_done(pending: Pending, future: asyncio.Future[Receipt]) -> None:
+        if future.cancelled():
+            pending.fail(ActorStopped("the command was dropped: the writer stopped"))
+            return
+        exc = future.exception()  # retrieved even if the request was already answered (timed out)
+        if exc is not None:
+            pending.fail(exc)
+            return
+        receipt = future.result()
+        result = {"position": receipt.position, "command_id": receipt.command_id, "duplicate": receipt.duplicate}
+        pending.ok(result, receipt.position)
+
+    @staticmethod
+    def _command_timed_out(pending: Pending, timeout: float) -> None:
+        pending.timer = None
+        pending.fail(
+            CommandTimeout(
+                f"no receipt within {timeout * 1000:g} ms; the command is queued and may still commit: "
+                "resend it with the same idempotency_key to learn its outcome"
+            )
+        )
+
+    # -- query ----------------------------------------------------------------------------------------
+
+    def _query(self, conn: Connection, request: QueryRequest) -> None:
+        app = self._app
+        query = app.queries.decode(request.type, request.data)
+        router = app.router
+        consistency = request.consistency
+        if consistency == "eventual" and request.min_position is None:
+            answer = router.answer_now(query, 0)  # the hot path: answered in this callback, no hop, no timer
+            assert answer is not None  # target 0 never waits
+            conn.ok(request.id, answer.result, answer.position)
+            return
+        timeout = router.timeout if request.timeout_ms is None else request.timeout_ms / 1000.0
+        upstream = self._server.upstream
+        if consistency == "strong" and upstream is not None:
+            # A replica process: strong means the *writer's* position at the time of the query.
+            deadline = self._loop.time() + timeout
+            pending = Pending(conn, request.id)
+            pending.timer = self._loop.call_later(timeout, self._head_timed_out, pending, upstream.address, timeout)
+            head = upstream.head_future()
+            head.add_done_callback(lambda f: self._upstream_head(conn, pending, query, f, deadline))
+            return
+        target = router.target(consistency, request.min_position)
+        answer = router.answer_now(query, target)
+        if answer is not None:
+            conn.ok(request.id, answer.result, answer.position)
+            return
+        self._wait(conn, Pending(conn, request.id), query, target, timeout)
+
+    def _wait(self, conn: Connection, pending: Pending, query: object, target: int, timeout: float) -> None:
+        """Answer once a replica reaches ``target``, or ``timeout`` (by callbacks: no task)."""
+        future = self._app.router.wait_future(target)  # fails with ActorStopped if no live replica is left
+        pending.timer = self._loop.call_later(timeout, self._query_timed_out, pending, future, target, timeout)
+        conn.waits.add(future)
+        future.add_done_callback(lambda f: self._query_ready(conn, pending, query, target, f))
+
+    def _query_ready(
+        self, conn: Connection, pending: Pending, query: object, target: int, future: asyncio.Future[None]
+    ) -> None:
+        conn.waits.discard(future)
+        error = None if future.cancelled() else future.exception()  # retrieve it even if already answered
+        if pending.done:
+            return
+        if future.cancelled():
+            why = "the server is stopping" if conn.draining else "the replicas stopped"
+            pending.fail(ActorStopped(f"{why} while the query waited for position {target}; retry"))
+        elif error is not None:
+            pending.fail(error)
+        else:
+            try:
+                answer = self._app.router.answer_now(query, target)
+            except Exception as exc:
+                if not isinstance(exc, CQRSError):
+                    _log.error("request_crashed", request_id=pending.request_id, exc_info=exc)
+                pending.fail(exc)
+                return
+            if answer is None:  # the replica that got there was replaced meanwhile: wait again
+                remaining = pending.timer.when() - self._loop.time() if pending.timer is not None else 0.0
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                self._wait(conn, pending, query, target, max(0.0, remaining))
+                return
+            pending.ok(answer.result, answer.position)
+
+    def _query_timed_out(self, pending: Pending, future: asyncio.Future[None], target: int, timeout: float) -> None:
+        pending.timer = None
+        future.cancel()  # frees the replica's waiter at once
+        pending.fail(ConsistencyTimeout(target, self._app.router.best_position(), timeout))
+
+    @staticmethod
+    def _head_timed_out(pending: Pending, address: str, timeout: float) -> None:
+        pending.timer = None
+        pending.fail(
+            UpstreamUnavailable(
+                f"the writer at {address} did not tell its position within {timeout:g} s; strong queries "
+                "need the writer: retry, or use session/eventual consistency"
+            )
+        )
+
+    def _upstream_head(
+        self, conn: Connection, pending: Pending, query: object, head: asyncio.Future[int], deadline: float
+    ) -> None:
+        try:
+            target = head.result()  # also retrieves the probe's error, answered or not
+        except (Exception, asyncio.CancelledError) as exc:
+            pending.fail(exc)
+            return
+        if pending.done:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+        try:
+            answer = self._app.router.answer_now(query, target)
+        except Exception as exc:
+            pending.fail(exc)
+            return
+        if answer is not None:
+            pending.ok(answer.result, answer.position)
+        else:
+            self._wait(conn, pending, query, target, max(0.0, deadline - self._loop.time()))
+
+    # -- subscribe ------------------------------------------------------------------------------------
+
+    def _subscribe(self, conn: Connection, request: SubscribeRequest) -> None:
+        after = request.from_position
+        head = self._app.position
+        if after > head:  # refused, not waited on: the client holds events this log does not have
+            raise BadRequest(
+                f"from_position {after} is beyond this log's head {head}: you hold events this log does not "
+                "have (was the log replaced, or is this another writer?)",
+                field="from_position",
+            )
+        conn.start_subscription(request.id, self._app.subscribe(after))
