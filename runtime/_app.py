@@ -81,6 +81,7 @@ class App:
         snapshot_every: int = 0,
         query_timeout: float = 5.0,
         follower_of: str | None = None,
+        rebuild_backoff: tuple[float, float] = (0.05, 60.0),
         freeze_gc: bool = True,
         switch_interval: float | None = 0.0005,
     ) -> None:
@@ -121,6 +122,7 @@ class App:
         self._last_checkpoint = 0
         self._replica_scopes: dict[str, anyio.CancelScope] = {}
         self._rebuild_delays: dict[str, float] = {}
+        self._rebuild_backoff = rebuild_backoff  # (first delay, longest delay) before a failed replica is rebuilt
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -279,8 +281,9 @@ class App:
             await replica.run(task_status=task_status)
         if not replica.failed or scope.cancel_called:
             return
-        delay = self._rebuild_delays.get(replica.name, 0.05)
-        self._rebuild_delays[replica.name] = min(delay * 2, 60.0)
+        first, longest = self._rebuild_backoff
+        delay = self._rebuild_delays.get(replica.name, first)
+        self._rebuild_delays[replica.name] = min(delay * 2, longest)
         _log.warning("replica_rebuild_scheduled", replica=replica.name, position=replica.position, in_s=delay)
         await anyio.sleep(delay)  # a real back-off, not ordering
         index = next((i for i, r in enumerate(self.router.replicas) if r is replica), None)

@@ -63,6 +63,7 @@ class Replica:
         self.position = 0
         self.ready = False  # True once caught up with the head it saw at start
         self.failed = False
+        self.stopped = False  # its task has ended (failed, cancelled or replaced): it applies nothing more
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._abandoned = 0  # cancelled waiters still in the heap
         self._seq = itertools.count()
@@ -102,6 +103,7 @@ class Replica:
                         _log.info("replica_ready", replica=self.name, position=self.position)
         finally:
             self.ready = False
+            self.stopped = True
             for _, _, future in self._waiters:
                 if not future.done():  # waiters move on to another replica (QueryRouter.wait_future)
                     future.set_exception(ActorStopped(f"{self.name} stopped at position {self.position}"))
@@ -169,6 +171,8 @@ class Replica:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.position >= position:
             future.set_result(None)
+        elif self.stopped:
+            future.set_exception(ActorStopped(f"{self.name} stopped at position {self.position}"))
         else:
             heapq.heappush(self._waiters, (position, next(self._seq), future))
             future.add_done_callback(self._waiter_done)
@@ -209,5 +213,5 @@ class Replica:
             applied=self._applied,
             queries=self._queries,
             overflows=self._overflows,
-            waiters=len(self._waiters) - self._abandoned,
+            waiters=len(self._waiters),  # abandoned ones not yet compacted included: memory held
         )
