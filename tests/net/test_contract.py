@@ -33,7 +33,7 @@ class TestEndOfStream:
             await conn.stream.send_eof()
             for name in ("a", "b", "c"):
                 await app.execute(Open(account=name))
-            positions = []
+            positions: list[int] = []
             with anyio.fail_after(5):
                 while len(positions) < 3:
                     line = await conn.line()
