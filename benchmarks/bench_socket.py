@@ -27,7 +27,8 @@ floor), ``--runs`` (3) runs; tables show medians over runs and ratios are median
 shared and noisy: neighbouring measurements are compared). Each measurement warms up ``--warmup`` s, then counts
 answers for ``--seconds`` s. The figure that explains a gap is the server's CPU time per answer: utime + stime
 of the server process (all threads) from ``/proc/PID/stat``, read right before and after the timed window, in
-microseconds per answer (for the floor: the generator process's CPU per commit).
+microseconds per answer (for the floor: the generator process's CPU per commit). For (b), soloist's mean
+group-commit size over each measurement (its ``stats`` op, read before and after) is printed under the table.
 
 The replica-process capacity section of the earlier version of this script was dropped: it needed a second
 writer and a replica process, which does not fit a one-minute ``--quick`` run next to the baseline.
@@ -449,6 +450,12 @@ def add_bench_products(server: ServerProcess) -> None:
             raise RuntimeError(f"{server.name}: AddProduct {sku} was not accepted: {answer}")
 
 
+def writer_batches(port: int) -> tuple[int, int]:
+    """soloist's writer so far: (commands decided, group commits), from the ``stats`` op."""
+    writer = request(port, {"op": "stats"})["result"]["writer"]
+    return round(writer["batch_size_mean"] * writer["batches"]), int(writer["batches"])
+
+
 # -- measurements ------------------------------------------------------------------------------------
 
 
@@ -542,7 +549,12 @@ def main() -> None:
                                 "seconds": args.seconds, "warmup": args.warmup, "pid": servers[name].pid,
                                 "tag": f"r{run}"}  # fmt: skip
                         future = pool.submit(run_load, spec)
+                    before = writer_batches(servers[name].port) if (shape, name) == ("b", "soloist") else None
                     result = future.result(timeout=budget)
+                    if before is not None:  # soloist's mean group-commit size over the whole measurement
+                        after = writer_batches(servers[name].port)
+                        batches = after[1] - before[1]
+                        result["writer_mean_batch"] = (after[0] - before[0]) / batches if batches else float("nan")
                     if result["errors"] or not result["drained"]:
                         print(f"  warning: {label} / {name}: errors={result['errors']} drained={result['drained']} "
                               f"first error={result.get('first_error') or result.get('sample')}")  # fmt: skip
@@ -581,6 +593,8 @@ def main() -> None:
     headers.append("errors")
     print_table(title, headers, rows)
     notes = {s.name: s.notes for s in servers.values() if s.notes}
+    mean_batch = measures[("b", "soloist")].med("writer_mean_batch")
+    print(f"soloist's writer in (b): {mean_batch:.1f} commands per group commit (median of runs, from `stats`)")
     for name, what in notes.items():
         print(f"note: {name}: {'; '.join(what)}")
     path = write_json(
@@ -604,6 +618,7 @@ def main() -> None:
                 for (shape, name), m in measures.items()
             },
             "ratios": ratios,
+            "soloist_writer_mean_batch_b": mean_batch,
             "runs": {f"{shape}/{name}": m.runs for (shape, name), m in measures.items()},
             "final_positions": head,
             "server_notes": notes,
