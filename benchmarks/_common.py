@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["RESULTS_DIR", "machine", "median", "percentile", "print_table", "write_json"]
+__all__ = ["RESULTS_DIR", "cpu_model", "environment", "machine", "median", "percentile", "print_table", "write_json"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -91,6 +91,38 @@ def machine() -> dict[str, object]:
         "platform": platform.platform(),
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,  # noise hint
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(*packages: str) -> dict[str, object]:
+    """CPU model, cores, Python, SQLite and the installed versions of ``packages`` (None if not installed)."""
+    import importlib.metadata
+    import sqlite3
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "sqlite": sqlite3.sqlite_version,
+        "packages": {name: version(name) for name in packages},
     }
 
 

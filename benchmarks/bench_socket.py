@@ -1,51 +1,41 @@
-"""How many round trips/s does the socket server answer, and how close is that to a bare asyncio server?
+"""Over the socket, how does soloist compare with a one-file server a good engineer writes in an hour?
 
-Everything runs as real processes on 127.0.0.1 (free ports, a fresh temporary directory):
+The yardstick of issue 8. Real processes on 127.0.0.1, each on a fresh SQLite file in a temporary directory:
 
-- the writer: ``python -m soloist.cli serve --db <tmp>/bench.db --log-level warning`` (shop domain, seeded);
-- a bare echo server: this script with ``--serve-echo PORT``, an asyncio ``Protocol`` on uvloop with the
-  same framing (split each chunk on ``\\n``, ``orjson.loads`` each line for its ``id``, answer each with a
-  fixed tiny ``{"id", "ok", "result": "pong", "position"}`` line, one ``transport.write`` per chunk);
-- for the replica section, a second writer (``<tmp>/bench2.db``, queries only) and
-  ``python -m soloist.cli replica --upstream <that writer>`` (``<tmp>/replica.db``).
+- **soloist**: ``python -m soloist.cli serve --db <tmp>/soloist.db --log-level warning`` (shop, seeded, defaults);
+- **baseline**: ``python benchmarks/baseline_server.py --db <tmp>/baseline.db`` (one writer task, group
+  commit, one dict read model, orjson; see its docstring);
+- **echo**: this script with ``--serve-echo PORT``: an asyncio ``Protocol`` on uvloop with the same framing that
+  answers each line with a fixed tiny answer (the ceiling for queries);
+- **floor** for durable commands: a raw ``sqlite3`` loop, one ``INSERT`` + ``commit`` per command (WAL,
+  ``synchronous=FULL``), no socket, in the load generator's process (what one transaction per command gives).
 
-The load generator runs in its own process (one spawned worker, reused), so on this 2-core machine the
-server and the generator each get a core. It is a minimal asyncio ``Protocol`` client on uvloop:
-requests are pre-encoded (orjson, distinct fixed-width ids, cycled), answers are counted by counting
-``\\n`` in received chunks, errors by counting ``"ok":false``, and only the first answer of each
-connection is parsed (it must be ``ok: true``). Requests:
+Before measuring, both shop servers get 8 extra products (``BENCH-00``..``BENCH-07``) with a stock of a billion,
+so every order of (b) is accepted; the harness parses every (b) answer and counts the ones that are not ``ok``.
 
-- ``ping``: ``{"op": "ping"}``
-- ``query``: ``{"op": "query", "type": "GetProduct", "data": {"sku": "BK-001"}}`` (eventual)
-- ``command``: ``{"op": "command", "type": "Restock", "data": {"sku": "BK-001", "quantity": 1}}``
-  (durable: answered after the group commit, synchronous=FULL)
+Load shapes (one load-generator process: uvloop, raw ``asyncio.Protocol`` clients, pre-encoded requests):
 
-Modes: **1 conn, 1 at a time** (send one, wait for its answer); **1 conn, pipelined** (``--depth``,
-default 100, in flight: send 100, then one more per answer, written in one batch per ``data_received``);
-**N conns, pipelined** (``--conns`` connections, default 16, each pipelined with ``--conn-depth``
-in flight, default 100, i.e. 1,600 in flight, all in the one generator process).
+- **(a)** one connection, batches of ``--batch`` (100) pipelined ``GetProduct`` queries (eventual): send 100,
+  read 100 answers, repeat;
+- **(b)** ``--callers-conns`` (8) connections x ``--callers`` (32) request/response callers, each waiting for its
+  answer before its next request: durable ``PlaceOrder`` (unique order ids, one line of quantity 1);
+- **(c)** ``--conns`` (16) connections, each with ``--conn-depth`` (100) ``GetProduct`` queries in flight (one
+  more per answer).
 
-Each configuration warms up for ``--warmup`` s, then counts answers over ``--seconds`` (default 2) s,
-then stops sending and waits for what is in flight. ``--runs`` (default 3) runs; within a run, each
-mode's echo measurement comes right before the soloist query, ping and command of that mode. Tables
-show the median (and min/max) of the runs; ratios ("vs echo", the targets) are medians of per-run
-ratios of such neighbouring measurements, because the host's noise moves whole seconds at a time.
-Alongside: CPU used by each server process and by the generator over the window (``/proc/<pid>/stat``,
-share of one core: a server near 100% is the bottleneck; a generator near 100% means the number is
-the generator's), server CPU microseconds per answer (steadier than rates, not immune: a slowed host
-core shows as more microseconds), mean latency by Little's law (in flight / rate), and for commands
-the writer's mean batch size over the configuration (from the ``stats`` op, before/after).
+Within each run and shape the servers are measured one after another (soloist, baseline, then echo or the
+floor), ``--runs`` (3) runs; tables show medians over runs and ratios are medians of per-run ratios (the host is
+shared and noisy: neighbouring measurements are compared). Each measurement warms up ``--warmup`` s, then counts
+answers for ``--seconds`` s. The figure that explains a gap is the server's CPU time per answer: utime + stime
+of the server process (all threads) from ``/proc/PID/stat``, read right before and after the timed window, in
+microseconds per answer (for the floor: the generator process's CPU per commit). For (b), soloist's mean
+group-commit size over each measurement (its ``stats`` op, read before and after) is printed under the table.
 
-Replica capacity: total queries/s with the ``--conns`` pipelined connections split half to the second
-writer and half to the replica process, versus all of them to that writer alone (and to the replica
-alone). Three server-side processes and the generator share 2 cores, so this shows what a replica
-adds on *this* machine, not on a machine with a core per process.
+The replica-process capacity section of the earlier version of this script was dropped: it needed a second
+writer and a replica process, which does not fit a one-minute ``--quick`` run next to the baseline.
 
-Targets (2-core machine): pipelined queries >= 50% of the bare echo ceiling (about 390k requests/s
-pipelined with a minimal client, STYLE.md "Hot paths"); writer + replica process > writer alone.
+    .venv/bin/python benchmarks/bench_socket.py [--quick] [--runs 3] [--seconds 3]
 
-Run: ``cd /work/main && PYTHONPATH=. python benchmarks/bench_socket.py [--quick] [--runs 3] [--seconds 2]``;
-prints one table per section and a summary, writes benchmarks/results/socket.json. Quote medians.
+Prints one table and writes benchmarks/results/bench_socket.json (machine, Python, SQLite, package versions).
 """
 
 from __future__ import annotations
@@ -57,43 +47,49 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
-
-import orjson
-import uvloop
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:  # run as a script from anywhere: `benchmarks._common` is imported from the repo root
+    sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import median, print_table, write_json  # noqa: E402 - after the sys.path insert
+import orjson  # noqa: E402 - after the sys.path insert, with the imports that need it
+import uvloop  # noqa: E402
+
+from benchmarks._common import environment, median, print_table, write_json  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 HOST = "127.0.0.1"
+NL = orjson.OPT_APPEND_NEWLINE
 IDS = 4096  # distinct request ids, cycled; more than any connection ever has in flight
 ID_BASE = 1_000_000  # fixed-width ids: every pre-encoded request line has the same length
-REQUESTS: dict[str, dict[str, object]] = {
-    "ping": {"op": "ping"},
-    "query": {"op": "query", "type": "GetProduct", "data": {"sku": "BK-001"}},
-    "command": {"op": "command", "type": "Restock", "data": {"sku": "BK-001", "quantity": 1}},
-}
+QUERY: dict[str, object] = {"op": "query", "type": "GetProduct", "data": {"sku": "BK-001"}}
+BENCH_SKUS = [f"BENCH-{i:02d}" for i in range(8)]
+BENCH_STOCK = 1_000_000_000
+CUSTOMER = "c-ada"  # seeded by both servers
 ERROR_MARK = b'"ok":false'  # orjson writes no spaces; answers with this are errors
 STOP_TIMEOUT = 15.0
 READY_TIMEOUT = 30.0
-QUOTED_ECHO = 390_000  # the echo ceiling quoted in the issue and STYLE.md (another client)
+PACKAGES = ("soloist", "orjson", "uvloop", "aiosqlite", "anyio", "structlog")
 
 
 # -- the load generator (runs in the worker process) ---------------------------------------------------
 
 
-def _request_block(kind: str) -> tuple[bytes, int]:
-    """``IDS`` pre-encoded request lines, twice over (so any run of up to ``IDS`` lines is one slice)."""
-    lines = [orjson.dumps({"id": ID_BASE + i, **REQUESTS[kind]}, option=orjson.OPT_APPEND_NEWLINE) for i in range(IDS)]
+def _query_block() -> tuple[bytes, int]:
+    """``IDS`` pre-encoded query lines, twice over (so any run of up to ``IDS`` lines is one slice)."""
+    lines = [orjson.dumps({"id": ID_BASE + i, **QUERY}, option=NL) for i in range(IDS)]
     size = len(lines[0])
     if any(len(line) != size for line in lines):
         raise AssertionError("request lines must all have the same length")
@@ -101,67 +97,69 @@ def _request_block(kind: str) -> tuple[bytes, int]:
     return block + block, size
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from ``/proc``; NaN if unavailable."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (all its threads), from ``/proc/PID/stat``; NaNs if unavailable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return float("nan")
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return float("nan"), float("nan")
+    fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) ": utime and stime are fields 14, 15 of proc(5)
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-class _LoadConnection(asyncio.Protocol):
-    """Keeps ``depth`` requests in flight: one more request per answer, written once per chunk received."""
+def _cpu_figures(user: float, system: float, answers: int, seconds: float) -> dict[str, float]:
+    """Server CPU per answer (microseconds; total, user, system) and as a share of one core."""
+    per = 1e6 / answers if answers else float("nan")
+    return {
+        "server_us_per_req": (user + system) * per,
+        "server_user_us_per_req": user * per,
+        "server_sys_us_per_req": system * per,
+        "server_cpu": (user + system) / seconds,
+    }
 
-    def __init__(self, block: bytes, size: int, depth: int) -> None:
-        self.block = block
-        self.size = size
-        self.depth = depth
+
+class _Client(asyncio.Protocol):
+    """Counts answers (``\\n``) and errors; parses the first answer as a sample. Subclasses decide what to send."""
+
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.next_id = 0
         self.sent = 0
         self.received = 0
         self.errors = 0
         self.running = True
-        self.head = b""  # bytes up to the first complete answer (parsed once, as a sample)
+        self.head = b""
         self.sample: dict[str, Any] | None = None
         self.idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # set when drained/lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._send(self.depth)
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.start()
 
-    def _send(self, n: int) -> None:
-        start = self.next_id
-        size = self.size
-        self.transport.write(self.block[start * size : (start + n) * size])  # type: ignore[union-attr]
-        self.next_id = (start + n) % IDS
-        self.sent += n
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def answered(self, n: int) -> None:
+        """``n`` more answers arrived (and ``self.running``): send what follows."""
+        raise NotImplementedError
 
     def data_received(self, data: bytes) -> None:
-        n = data.count(b"\n")
         if self.sample is None:
-            self._take_sample(data)
+            self.head += data
+            line, sep, _ = self.head.partition(b"\n")
+            if sep:
+                self.sample, self.head = orjson.loads(line), b""
         if ERROR_MARK in data:
             self.errors += data.count(ERROR_MARK)
+        n = data.count(b"\n")
         if n:
             self.received += n
             if self.running:
-                self._send(n)
+                self.answered(n)
             elif self.received >= self.sent and not self.idle.done():
                 self.idle.set_result(None)
-
-    def _take_sample(self, data: bytes) -> None:
-        self.head += data
-        line, sep, _ = self.head.partition(b"\n")
-        if sep:
-            self.sample = orjson.loads(line)
-            self.head = b""
 
     def stop(self) -> None:
         self.running = False
@@ -174,21 +172,80 @@ class _LoadConnection(asyncio.Protocol):
             self.idle.set_result(None)
 
 
+class _Pipelined(_Client):
+    """Keeps ``depth`` queries in flight (``batch=False``: one more per answer), or sends them in batches of
+    ``depth`` and waits for all their answers before the next batch (``batch=True``)."""
+
+    def __init__(self, block: bytes, size: int, depth: int, batch: bool) -> None:
+        super().__init__()
+        self.block, self.size, self.depth, self.batch = block, size, depth, batch
+        self.next_id = 0
+
+    def _send(self, n: int) -> None:
+        start, size = self.next_id, self.size
+        self.transport.write(self.block[start * size : (start + n) * size])  # type: ignore[union-attr]
+        self.next_id = (start + n) % IDS
+        self.sent += n
+
+    def start(self) -> None:
+        self._send(self.depth)
+
+    def answered(self, n: int) -> None:
+        if not self.batch:
+            self._send(n)
+        elif self.received == self.sent:
+            self._send(self.depth)
+
+
+class _Callers(_Client):
+    """``callers`` request/response callers on one connection: each answer frees its caller for a new order."""
+
+    def __init__(self, prefix: str, callers: int) -> None:
+        super().__init__()
+        self.prefix, self.callers = prefix, callers
+        self.partial = b""
+        self.not_ok = 0
+        self.first_error: dict[str, Any] | None = None
+
+    def _order(self) -> bytes:
+        n = self.sent
+        self.sent += 1
+        lines = [{"sku": BENCH_SKUS[n % len(BENCH_SKUS)], "quantity": 1}]
+        data = {"order_id": f"{self.prefix}-{n}", "customer_id": CUSTOMER, "lines": lines}
+        return orjson.dumps({"id": n, "op": "command", "type": "PlaceOrder", "data": data}, option=NL)
+
+    def start(self) -> None:
+        self.transport.write(b"".join(self._order() for _ in range(self.callers)))  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:  # every answer is checked: an order that is not accepted is an error
+            answer = orjson.loads(line)
+            if answer.get("ok") is not True:
+                self.not_ok += 1
+                self.first_error = self.first_error or answer
+        super().data_received(data)
+
+    def answered(self, n: int) -> None:
+        self.transport.write(b"".join(self._order() for _ in range(n)))  # type: ignore[union-attr]
+
+
 async def _load(spec: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    block, size = _request_block(spec["request"])
-    depth: int = spec["depth"]
-    by_port: dict[int, list[_LoadConnection]] = {}
-    for port, count in spec["targets"]:
-        for _ in range(count):
-            _, conn = await loop.create_connection(lambda: _LoadConnection(block, size, depth), HOST, port)
-            by_port.setdefault(port, []).append(conn)
-    conns = [c for group in by_port.values() for c in group]
-    pids: list[int] = spec["pids"]
+    shape, port, conns_n, depth = spec["shape"], spec["port"], spec["conns"], spec["depth"]
+    block, size = _query_block()
+    conns: list[_Client] = []
+    for i in range(conns_n):
+        factory: Callable[[], _Client]
+        if shape == "b":
+            factory = partial(_Callers, f"{spec['tag']}-{i}", depth)  # order ids unique per server, run, connection
+        else:
+            factory = partial(_Pipelined, block, size, depth, batch=shape == "a")
+        conns.append((await loop.create_connection(factory, HOST, port))[1])
 
-    def snapshot() -> tuple[float, float, dict[int, int], list[float]]:
-        counts = {port: sum(c.received for c in group) for port, group in by_port.items()}
-        return time.perf_counter(), time.process_time(), counts, [_cpu_seconds(p) for p in pids]
+    def snapshot() -> tuple[float, float, int, tuple[float, float]]:
+        return time.perf_counter(), time.process_time(), sum(c.received for c in conns), _cpu_seconds(spec["pid"])
 
     await asyncio.sleep(spec["warmup"])
     t0, c0, n0, s0 = snapshot()
@@ -198,41 +255,73 @@ async def _load(spec: dict[str, Any]) -> dict[str, Any]:
         c.stop()
     drained = True
     try:
-        await asyncio.wait_for(asyncio.gather(*(c.idle for c in conns)), spec["drain_timeout"])
+        await asyncio.wait_for(asyncio.gather(*(c.idle for c in conns)), 15.0)
     except TimeoutError:
         drained = False
     for c in conns:
         if c.transport is not None:
             c.transport.close()
-    elapsed = t1 - t0
-    per_port = {port: (n1[port] - n0[port]) / elapsed for port in by_port}
-    samples = [c.sample for c in conns]
+    answers, elapsed = n1 - n0, t1 - t0
+    callers = [c for c in conns if isinstance(c, _Callers)]
     return {
-        "per_s": sum(per_port.values()),
-        "per_s_by_port": per_port,
-        "answers": sum(n1.values()) - sum(n0.values()),
+        "per_s": answers / elapsed,
+        "answers": answers,
         "seconds": elapsed,
+        **_cpu_figures(s1[0] - s0[0], s1[1] - s0[1], answers, elapsed),
         "client_cpu": (c1 - c0) / elapsed,
-        "server_cpu": [(b - a) / elapsed for a, b in zip(s0, s1, strict=True)],
-        "errors": sum(c.errors for c in conns),
+        "errors": sum(c.not_ok if isinstance(c, _Callers) else c.errors for c in conns),
         "sent": sum(c.sent for c in conns),
         "received": sum(c.received for c in conns),
         "drained": drained,
-        "samples_ok": all(s is not None and s.get("ok") is True for s in samples),
-        "sample": next((s for s in samples if s is not None), None),
+        "sample": next((c.sample for c in conns if c.sample is not None), None),
+        "first_error": next((c.first_error for c in callers if c.first_error is not None), None),
     }
 
 
 def run_load(spec: dict[str, Any]) -> dict[str, Any]:
-    """One configuration, in the worker process: connect, warm up, measure, drain, close."""
+    """One measurement, in the worker process: connect, warm up, measure, drain, close."""
     return uvloop.run(_load(spec))
+
+
+def run_floor(path: str, seconds: float, warmup: float) -> dict[str, Any]:
+    """One transaction per command: INSERT one event row + COMMIT, in a loop (WAL, synchronous=FULL)."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS events (position INTEGER PRIMARY KEY, stream TEXT, type TEXT, data BLOB)")
+    db.commit()
+    lines = [{"sku": BENCH_SKUS[0], "quantity": 1}]
+    data = orjson.dumps({"order_id": "r0-0-0000", "customer_id": CUSTOMER, "lines": lines})
+    insert = "INSERT INTO events (stream, type, data) VALUES (?, ?, ?)"
+    end_warmup = time.perf_counter() + warmup
+    while time.perf_counter() < end_warmup:
+        db.execute(insert, ("order-o", "OrderPlaced", data))
+        db.commit()
+    n = 0
+    t0, c0 = time.perf_counter(), os.times()
+    end = t0 + seconds
+    while time.perf_counter() < end:
+        db.execute(insert, ("order-o", "OrderPlaced", data))
+        db.commit()
+        n += 1
+    t1, c1 = time.perf_counter(), os.times()
+    db.close()
+    return {
+        "per_s": n / (t1 - t0),
+        "answers": n,
+        "seconds": t1 - t0,
+        **_cpu_figures(c1.user - c0.user, c1.system - c0.system, n, t1 - t0),
+        "client_cpu": float("nan"),
+        "errors": 0,
+        "drained": True,
+    }
 
 
 # -- the bare echo server (a subprocess: this script with --serve-echo PORT) ---------------------------
 
 
 class _Echo(asyncio.Protocol):
-    """The same framing as the soloist server, nothing else: one fixed tiny answer per line, one write per chunk."""
+    """The same framing as the servers, nothing else: one fixed tiny answer per line, one write per chunk."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -244,9 +333,9 @@ class _Echo(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         lines = (self.partial + data).split(b"\n") if self.partial else data.split(b"\n")
         self.partial = lines.pop()
-        loads, dumps, option = orjson.loads, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        loads, dumps = orjson.loads, orjson.dumps
         out = [
-            dumps({"id": loads(line)["id"], "ok": True, "result": "pong", "position": 0}, option=option)
+            dumps({"id": loads(line)["id"], "ok": True, "result": "pong", "position": 0}, option=NL)
             for line in lines
             if line
         ]
@@ -257,8 +346,13 @@ class _Echo(asyncio.Protocol):
 async def serve_echo(port: int) -> None:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
+
+    def on_signal() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signum, on_signal)
     server = await loop.create_server(_Echo, HOST, port, backlog=1024)
     async with server:
         await stop
@@ -274,9 +368,9 @@ def free_port() -> int:
 
 
 def request(port: int, body: dict[str, object], timeout: float = 5.0) -> dict[str, Any]:
-    """One blocking request/answer on a fresh connection (setup and stats only, never under measurement)."""
+    """One blocking request/answer on a fresh connection (setup only, never under measurement)."""
     with socket.create_connection((HOST, port), timeout=timeout) as s:
-        s.sendall(orjson.dumps({"id": 1, **body}, option=orjson.OPT_APPEND_NEWLINE))
+        s.sendall(orjson.dumps({"id": 1, **body}, option=NL))
         data = b""
         while b"\n" not in data:
             chunk = s.recv(1 << 16)
@@ -298,17 +392,16 @@ class ServerProcess:
     notes: list[str] = field(default_factory=list)
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
-    def wait_answer(self, body: dict[str, object], ok: Any, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        """Poll ``body`` until ``ok(answer)`` (bounded); fail early if the process died."""
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Poll ``ping`` until answered ``ok`` (bounded); fail early if the process died."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         last: object = None
@@ -316,9 +409,9 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
             try:
-                answer = request(self.port, body, timeout=1.0)
-                if ok(answer):
-                    return answer
+                answer = request(self.port, {"op": "ping"}, timeout=1.0)
+                if answer.get("ok") is True:
+                    return
                 last = answer
             except OSError as exc:
                 last = exc
@@ -348,318 +441,194 @@ class ServerProcess:
             return ""
 
 
-def soloist(name: str, workdir: Path, *args: str) -> ServerProcess:
-    port = free_port()
-    argv = [sys.executable, "-m", "soloist.cli", *args, "--port", str(port), "--log-level", "warning"]
-    return ServerProcess(name, port, argv, workdir / f"{name}.log")
+def add_bench_products(server: ServerProcess) -> None:
+    """Products with a stock that no run exhausts, so every order of shape (b) is accepted."""
+    for sku in BENCH_SKUS:
+        data = {"sku": sku, "name": f"Bench item {sku}", "category": "bench", "price_cents": 100, "stock": BENCH_STOCK}
+        answer = request(server.port, {"op": "command", "type": "AddProduct", "data": data})
+        if answer.get("ok") is not True:
+            raise RuntimeError(f"{server.name}: AddProduct {sku} was not accepted: {answer}")
 
 
-def _is_ok(answer: dict[str, Any]) -> bool:
-    return answer.get("ok") is True
-
-
-# -- configurations ------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Config:
-    section: str  # "soloist", "echo", "replica"
-    label: str  # the mode, or the split for the replica section
-    request: str
-    targets: list[tuple[ServerProcess, int]]  # (server, connections)
-    depth: int
-    watch: list[ServerProcess]  # servers whose CPU is sampled
-    runs: list[dict[str, Any]] = field(default_factory=list)
-    batches: list[float] = field(default_factory=list)  # commands: writer's mean batch size per run
-
-    @property
-    def in_flight(self) -> int:
-        return self.depth * sum(n for _, n in self.targets)
-
-    def spec(self, seconds: float, warmup: float) -> dict[str, Any]:
-        return {
-            "request": self.request,
-            "targets": [(s.port, n) for s, n in self.targets],
-            "depth": self.depth,
-            "seconds": seconds,
-            "warmup": warmup,
-            "drain_timeout": 10.0,
-            "pids": [s.pid for s in self.watch],
-        }
-
-    def med(self, key: str) -> float:
-        return median([r[key] for r in self.runs])
-
-    def med_server_cpu(self, i: int) -> float:
-        return median([r["server_cpu"][i] for r in self.runs])
-
-    def med_us_per_request(self, i: int = 0) -> float:
-        """Median CPU microseconds the ``i``-th watched server spent per answer (robust to a noisy host)."""
-        return median([r["server_cpu"][i] / r["per_s"] * 1e6 for r in self.runs if r["per_s"]])
-
-    def paired_ratio(self, base: Config) -> float:
-        """Median over runs of this rate / ``base``'s rate in the same run (measured seconds apart)."""
-        return median([a["per_s"] / b["per_s"] for a, b in zip(self.runs, base.runs, strict=True) if b["per_s"]])
-
-
-def commands_done(port: int) -> tuple[int, int]:
-    """The writer's (commands, batches) so far, from ``stats``."""
+def writer_batches(port: int) -> tuple[int, int]:
+    """soloist's writer so far: (commands decided, group commits), from the ``stats`` op."""
     writer = request(port, {"op": "stats"})["result"]["writer"]
     return round(writer["batch_size_mean"] * writer["batches"]), int(writer["batches"])
 
 
-def modes(args: argparse.Namespace) -> list[tuple[str, int, int]]:
-    """(label, connections, depth) for the three modes."""
-    return [
-        ("1 conn, 1 at a time", 1, 1),
-        (f"1 conn, pipelined {args.depth}", 1, args.depth),
-        (f"{args.conns} conns x {args.conn_depth} pipelined", args.conns, args.conn_depth),
-    ]
+# -- measurements ------------------------------------------------------------------------------------
 
 
-def _pct(x: float) -> str:
-    return "-" if x != x else f"{x:.0%}"
+@dataclass(eq=False)
+class Measure:
+    shape: str  # "a", "b", "c"
+    server: str  # "soloist", "baseline", "echo", "floor"
+    runs: list[dict[str, Any]] = field(default_factory=list)
 
+    def med(self, key: str) -> float:
+        return median([float(r[key]) for r in self.runs])
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
+    def ratio(self, base: Measure) -> float:
+        """Median over runs of this rate / ``base``'s rate in the same run (measured seconds apart)."""
+        return median([a["per_s"] / b["per_s"] for a, b in zip(self.runs, base.runs, strict=True) if b["per_s"]])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 run of 1 s: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="1 run of 1.5 s per measurement: about a minute")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per configuration and run")
-    parser.add_argument("--warmup", type=float, default=0.3, help="seconds of load before measuring")
-    parser.add_argument("--depth", type=int, default=100, help="in flight on the single pipelined connection")
-    parser.add_argument("--conns", type=int, default=16, help="connections in the multi-connection mode")
-    parser.add_argument("--conn-depth", type=int, default=100, help="in flight per connection in that mode")
+    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per measurement (default 3)")
+    parser.add_argument("--warmup", type=float, default=None, help="seconds of load before measuring (default 0.5)")
+    parser.add_argument("--batch", type=int, default=100, help="(a): queries per pipelined batch")
+    parser.add_argument("--callers-conns", type=int, default=8, help="(b): connections")
+    parser.add_argument("--callers", type=int, default=32, help="(b): request/response callers per connection")
+    parser.add_argument("--conns", type=int, default=16, help="(c): connections")
+    parser.add_argument("--conn-depth", type=int, default=100, help="(c): queries in flight per connection")
     parser.add_argument("--serve-echo", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo is not None:
         uvloop.run(serve_echo(args.serve_echo))
         return
     if args.quick:
-        args.runs, args.seconds = 1, 1.0
-    if args.conns % 2:
-        parser.error("--conns must be even (the replica section splits it in half)")
-    for name in ("depth", "conn_depth"):
+        args.runs = 1
+    args.seconds = args.seconds or (1.5 if args.quick else 3.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 0.5)
+    for name in ("batch", "callers", "conn_depth"):
         if not 1 <= getattr(args, name) <= 1024:
-            parser.error(f"--{name.replace('_', '-')} must be within 1..1024 (the server's in-flight cap)")
+            parser.error(f"--{name.replace('_', '-')} must be within 1..1024 (soloist's in-flight cap)")
 
+    shapes = {
+        "a": (f"(a) 1 conn, batches of {args.batch} GetProduct", 1, args.batch, "echo"),
+        "b": (
+            f"(b) {args.callers_conns} conns x {args.callers} callers, PlaceOrder",
+            args.callers_conns,
+            args.callers,
+            "floor",
+        ),
+        "c": (f"(c) {args.conns} conns x {args.conn_depth} pipelined GetProduct", args.conns, args.conn_depth, "echo"),
+    }
+    refs = {shape: spec[3] for shape, spec in shapes.items()}  # the reference each shape is compared with
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="soloist-bench-socket-"))
-    echo_port = free_port()
-    echo = ServerProcess(
-        "echo", echo_port, [sys.executable, str(Path(__file__).resolve()), "--serve-echo", str(echo_port)],
-        workdir / "echo.log",
-    )  # fmt: skip
-    writer = soloist("writer", workdir, "serve", "--db", str(workdir / "bench.db"))
-    writer2 = soloist("writer2", workdir, "serve", "--db", str(workdir / "bench2.db"))
-    servers = [echo, writer, writer2]
-    replica: ServerProcess | None = None
+    here = str(Path(__file__).resolve())
+    ports = {name: free_port() for name in ("soloist", "baseline", "echo")}
+    argv = {
+        "soloist": ["-m", "soloist.cli", "serve", "--db", str(workdir / "soloist.db"), "--log-level", "warning"],
+        "baseline": [str(ROOT / "benchmarks" / "baseline_server.py"), "--db", str(workdir / "baseline.db")],
+        "echo": [here],
+    }
+    servers = {
+        name: ServerProcess(name, port, [sys.executable, *argv[name], "--port", str(port)], workdir / f"{name}.log")
+        for name, port in ports.items()
+    }
+    servers["echo"].argv[-2] = "--serve-echo"
+    measures = {
+        (shape, name): Measure(shape, name) for shape in shapes for name in ("soloist", "baseline", refs[shape])
+    }
     pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        for s in servers:
+        for s in servers.values():
             s.start()
-        t0 = time.perf_counter()
-        for s in servers:
-            s.wait_answer({"op": "ping"}, _is_ok)
-        print(f"echo and 2 writers answering ping after {time.perf_counter() - t0:.2f} s", flush=True)
-        upstream = f"{HOST}:{writer2.port}"
-        replica = soloist("replica", workdir, "replica", "--upstream", upstream, "--db", str(workdir / "replica.db"))
-        servers.append(replica)
-        replica.start()
-        head = int(writer2.wait_answer({"op": "ping"}, _is_ok)["position"])
-        t0 = time.perf_counter()
-        replica.wait_answer(
-            {"op": "query", **REQUESTS["query"]}, lambda a: _is_ok(a) and int(a.get("position") or 0) >= head
-        )
-        print(f"replica answering queries at the writer's position {head} after {time.perf_counter() - t0:.2f} s")
-        worker_pid = pool.submit(os.getpid).result(timeout=60)  # start the generator process before measuring
-
-        # Order within a run: per mode, the echo ceiling right before the soloist query, ping and command
-        # of that mode, so the paired ratios compare measurements taken seconds apart (the host is noisy).
-        configs: list[Config] = []
-        for label, conns, depth in modes(args):
-            configs.append(Config("echo", label, "ping", [(echo, conns)], depth, [echo]))
-            for kind in ("query", "ping", "command"):
-                configs.append(Config("soloist", label, kind, [(writer, conns)], depth, [writer]))
-        half = args.conns // 2
-        watch = [writer2, replica]
-        depth, conns = args.conn_depth, args.conns
-        configs += [
-            Config("replica", f"writer alone, {conns} conns", "query", [(writer2, conns)], depth, watch),
-            Config("replica", f"writer {half} + replica {half} conns", "query", [(writer2, half), (replica, half)],
-                   depth, watch),
-            Config("replica", f"replica alone, {conns} conns", "query", [(replica, conns)], depth, watch),
-        ]  # fmt: skip
-
+        for s in servers.values():
+            s.wait_ready()
+        for name in ("soloist", "baseline"):
+            add_bench_products(servers[name])
+        print(f"servers ready after {time.perf_counter() - started:.1f} s; bench products added", flush=True)
+        pool.submit(os.getpid).result(timeout=60)  # start the generator process before measuring
         budget = args.warmup + args.seconds + 60
         for run in range(args.runs):
-            for cfg in configs:
-                before = commands_done(writer.port) if cfg.request == "command" else None
-                result = pool.submit(run_load, cfg.spec(args.seconds, args.warmup)).result(timeout=budget)
-                if before is not None:
-                    after = commands_done(writer.port)
-                    batches = after[1] - before[1]
-                    cfg.batches.append((after[0] - before[0]) / batches if batches else float("nan"))
-                if result["errors"] or not result["samples_ok"] or not result["drained"]:
-                    print(
-                        f"  warning: {cfg.section}/{cfg.request}/{cfg.label}: errors={result['errors']} "
-                        f"samples_ok={result['samples_ok']} drained={result['drained']} sample={result['sample']}"
-                    )
-                cfg.runs.append(result)
+            for shape, (label, conns, depth, _) in shapes.items():
+                for (shape_of, name), m in measures.items():
+                    if shape_of != shape:
+                        continue
+                    if name == "floor":
+                        future = pool.submit(run_floor, str(workdir / f"floor-{run}.db"), args.seconds, args.warmup)
+                    else:
+                        spec = {"shape": shape, "port": servers[name].port, "conns": conns, "depth": depth,
+                                "seconds": args.seconds, "warmup": args.warmup, "pid": servers[name].pid,
+                                "tag": f"r{run}"}  # fmt: skip
+                        future = pool.submit(run_load, spec)
+                    before = writer_batches(servers[name].port) if (shape, name) == ("b", "soloist") else None
+                    result = future.result(timeout=budget)
+                    if before is not None:  # soloist's mean group-commit size over the whole measurement
+                        after = writer_batches(servers[name].port)
+                        batches = after[1] - before[1]
+                        result["writer_mean_batch"] = (after[0] - before[0]) / batches if batches else float("nan")
+                    if result["errors"] or not result["drained"]:
+                        print(f"  warning: {label} / {name}: errors={result['errors']} drained={result['drained']} "
+                              f"first error={result.get('first_error') or result.get('sample')}")  # fmt: skip
+                    m.runs.append(result)
             print(f"run {run + 1}/{args.runs} done ({time.perf_counter() - started:.0f} s)", flush=True)
-        final_stats = {s.name: request(s.port, {"op": "stats"})["result"] for s in (writer, writer2, replica)}
+        head = {name: request(servers[name].port, {"op": "ping"})["position"] for name in ("soloist", "baseline")}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        for s in reversed(servers):
+        for s in servers.values():
             s.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    # -- tables ----------------------------------------------------------------------------------------
-    title = f"(median of {args.runs} x {args.seconds:g} s; CPU: share of one core over the window)"
-    legend = "us/req: server CPU microseconds per answer; vs echo: median of per-run ratios to the echo, same mode"
-    echo_of = {c.label: c for c in configs if c.section == "echo"}
-
-    def row(c: Config, first: str) -> list[object]:
-        rates = [r["per_s"] for r in c.runs]
-        rate = median(rates)
-        return [
-            first,
-            c.label,
-            c.in_flight,
-            rate,
-            min(rates),
-            max(rates),
-            c.in_flight / rate * 1000 if rate else float("nan"),
-            _pct(c.med_server_cpu(0)),
-            c.med_us_per_request(),
-            _pct(c.med("client_cpu")),
-        ]
-
-    headers = ["request", "mode", "in flight", "per s", "min", "max", "ms (Little)", "server CPU", "us/req"]
-    headers.append("client CPU")
-    rows = []
-    for c in configs:
-        if c.section != "soloist":
-            continue
-        ratio = c.paired_ratio(echo_of[c.label])
-        batch = f"{median(c.batches):.1f}" if c.batches else ""
-        errors = sum(r["errors"] for r in c.runs)
-        rows.append([*row(c, c.request), f"{ratio:.0%}", batch, errors])
-    rows.sort(key=lambda r: ("query", "ping", "command").index(str(r[0])))  # grouped by request, modes in order
-    heading = f"soloist writer over TCP, round trips/s {title}\n{legend}"
-    print_table(heading, [*headers, "vs echo", "batch", "errors"], rows)
-    rows = [row(c, "echo (ping)") for c in configs if c.section == "echo"]
-    print_table(f"Bare asyncio echo server, same framing, uvloop {title}", headers, rows)
-    rep = [c for c in configs if c.section == "replica"]
-    rows = []
-    for c in rep:
-        rates = [r["per_s"] for r in c.runs]
-        by_server = []
-        for server in (writer2, replica):
-            if any(s is server for s, _ in c.targets):
-                by_server.append(median([r["per_s_by_port"][server.port] for r in c.runs]))
-            else:
-                by_server.append(float("nan"))
-        rows.append(
-            [
-                c.label,
-                median(rates),
-                min(rates),
-                max(rates),
-                *by_server,
-                _pct(c.med_server_cpu(0)),
-                _pct(c.med_server_cpu(1)),
-                _pct(c.med("client_cpu")),
-            ]
-        )
-    print_table(
-        f"Replica capacity: eventual queries, {args.conn_depth} in flight per connection {title}",
-        [
-            "split",
-            "total per s",
-            "min",
-            "max",
-            "writer per s",
-            "replica per s",
-            "writer CPU",
-            "replica CPU",
-            "client CPU",
-        ],
-        rows,
+    # -- the table ---------------------------------------------------------------------------------------
+    rows: list[list[object]] = []
+    ratios: dict[str, dict[str, float]] = {}
+    for shape, (label, _, _, ref) in shapes.items():
+        base, reference = measures[(shape, "baseline")], measures[(shape, ref)]
+        ratios[shape] = {
+            "soloist_vs_baseline": measures[(shape, "soloist")].ratio(base),
+            f"soloist_vs_{ref}": measures[(shape, "soloist")].ratio(reference),
+            f"baseline_vs_{ref}": base.ratio(reference),
+        }
+        for name in ("soloist", "baseline", ref):
+            m = measures[(shape, name)]
+            vs_base = m.ratio(base) if name == "soloist" else float("nan")
+            vs_ref = m.ratio(reference) if name != ref else float("nan")
+            errors = sum(int(r["errors"]) for r in m.runs)
+            us = [m.med(f"server{part}_us_per_req") for part in ("", "_user", "_sys")]
+            rows.append([label, name, m.med("per_s"), *us, _x(vs_base), _x(vs_ref), ref, errors])
+    title = (
+        f"Over TCP, median of {args.runs} x {args.seconds:g} s (shared, noisy 2-core host: medians; ratios are "
+        "medians of per-run ratios)\nserver us/req: server process CPU (user+system, all threads, /proc/PID/stat) "
+        "per answer (user, sys: its split); floor: one INSERT+COMMIT per command, no socket"
     )
-
-    by_key = {(c.section, c.request, c.label): c for c in configs}
-    pipelined = modes(args)[1][0]
-    query_cfg = by_key[("soloist", "query", pipelined)]
-    query_pipe = query_cfg.med("per_s")
-    echo_pipe = echo_of[pipelined].med("per_s")
-    share = query_cfg.paired_ratio(echo_of[pipelined])  # paired per run: robust to the host's noise
-    alone = rep[0].med("per_s")
-    split = rep[1].med("per_s")
-    gain = rep[1].paired_ratio(rep[0])
-    print_table(
-        "Targets",
-        ["measure", "target", "measured", "verdict"],
-        [
-            ["bare echo ceiling, pipelined", "(~390k/s in STYLE.md)", f"{echo_pipe:,.0f}/s", "info"],
-            ["pipelined queries vs echo ceiling", ">= 50%", f"{query_pipe:,.0f} vs {echo_pipe:,.0f}/s: {share:.0%}",
-             _verdict(share >= 0.5)],
-            ["pipelined queries vs the 390k/s quoted", "(info)", f"{query_pipe / QUOTED_ECHO:.0%}", "info"],
-            ["writer + replica vs writer alone", "> 1.0x", f"{split:,.0f} vs {alone:,.0f}/s: {gain:.2f}x",
-             _verdict(gain > 1.0)],
-        ],
-    )  # fmt: skip
-
-    notes = {s.name: s.notes for s in servers if s.notes}
+    headers = ["workload", "server", "per s", "server us/req", "user", "sys", "soloist/baseline", "vs ref", "ref"]
+    headers.append("errors")
+    print_table(title, headers, rows)
+    notes = {s.name: s.notes for s in servers.values() if s.notes}
+    mean_batch = measures[("b", "soloist")].med("writer_mean_batch")
+    print(f"soloist's writer in (b): {mean_batch:.1f} commands per group commit (median of runs, from `stats`)")
     for name, what in notes.items():
         print(f"note: {name}: {'; '.join(what)}")
     path = write_json(
-        "socket",
+        "bench_socket",
         {
+            "environment": environment(*PACKAGES),
             "args": vars(args),
             "load_average_before": load_before,
             "seconds_total": time.perf_counter() - started,
-            "generator_pid": worker_pid,
-            "requests": REQUESTS,
-            "configurations": [
-                {
-                    "section": c.section,
-                    "request": c.request,
-                    "mode": c.label,
-                    "connections": {s.name: n for s, n in c.targets},
-                    "in_flight": c.in_flight,
-                    "per_s_median": c.med("per_s"),
-                    "client_cpu_median": c.med("client_cpu"),
-                    "server_cpu_median": {s.name: c.med_server_cpu(i) for i, s in enumerate(c.watch)},
-                    "mean_batch_median": median(c.batches) if c.batches else None,
-                    "runs": [
-                        r | {"per_s_by_port": {s.name: r["per_s_by_port"].get(s.port) for s, _ in c.targets}}
-                        for r in c.runs
-                    ],
-                    "mean_batch_runs": c.batches,
+            "shapes": {shape: label for shape, (label, *_) in shapes.items()},
+            "medians": {
+                f"{shape}/{name}": {
+                    "per_s": m.med("per_s"),
+                    "server_us_per_req": m.med("server_us_per_req"),
+                    "server_user_us_per_req": m.med("server_user_us_per_req"),
+                    "server_sys_us_per_req": m.med("server_sys_us_per_req"),
+                    "server_cpu": m.med("server_cpu"),
+                    "client_cpu": m.med("client_cpu"),
+                    "errors": sum(int(r["errors"]) for r in m.runs),
                 }
-                for c in configs
-            ],
-            "targets": {
-                "echo_pipelined_per_s": echo_pipe,
-                "query_pipelined_per_s": query_pipe,
-                "query_vs_echo": share,
-                "query_vs_echo_pass": share >= 0.5,
-                "writer_alone_per_s": alone,
-                "writer_plus_replica_per_s": split,
-                "replica_gain": gain,
-                "replica_gain_pass": gain > 1.0,
+                for (shape, name), m in measures.items()
             },
-            "final_stats": final_stats,
+            "ratios": ratios,
+            "soloist_writer_mean_batch_b": mean_batch,
+            "runs": {f"{shape}/{name}": m.runs for (shape, name), m in measures.items()},
+            "final_positions": head,
             "server_notes": notes,
         },
     )
     print(f"wrote {path} in {time.perf_counter() - started:.0f} s")
+
+
+def _x(ratio: float) -> str:
+    return "" if ratio != ratio else f"{ratio:.2f}x"
 
 
 if __name__ == "__main__":
