@@ -29,6 +29,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
 import orjson
 import uvloop
 
@@ -272,7 +273,7 @@ def open_log(path: str, shop: Shop, view: Shop) -> sqlite3.Connection:
     if shop.position == 0:
         rows = []
         for command in seed_commands():
-            for kind, data in DECIDERS[type(command).__name__](shop, orjson.loads(orjson.dumps(command))):
+            for kind, data in DECIDERS[type(command).__name__](shop, msgspec.to_builtins(command)):
                 shop.apply(shop.position + 1, kind, data)
                 view.apply(shop.position, kind, data)
                 rows.append((shop.position, stream_of(kind, data), kind, orjson.dumps(data)))

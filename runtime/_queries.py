@@ -67,11 +67,12 @@ class QueryRouter:
         """A ready replica that has applied ``target``, round robin; None if there is none."""
         replicas = self._replicas
         n = len(replicas)
-        start = self._next
-        for i in range(n):
-            replica = replicas[(start + i) % n]
+        i = self._next
+        for _ in range(n):
+            replica = replicas[i]
+            i = i + 1 if i + 1 < n else 0
             if replica.ready and replica.position >= target:
-                self._next = (start + i + 1) % n
+                self._next = i
                 return replica
         return None
 
@@ -87,8 +88,8 @@ class QueryRouter:
         best = self.most_advanced()
         return 0 if best is None else best.position
 
-    def answer_now(self, query: object, target: int = 0) -> Answer | None:
-        """Answer from a replica at ``target`` or beyond, now; None if the caller must wait for one.
+    def replica_for(self, target: int = 0) -> Replica | None:
+        """The replica that answers a query at ``target`` now; None if the caller must wait for one.
 
         The one routing rule, used by :class:`~soloist.App` and by the socket server alike:
 
@@ -99,13 +100,17 @@ class QueryRouter:
         """
         replica = self.pick(target)
         if replica is None:
-            best = self.most_advanced()
-            if best is None:
+            replica = self.most_advanced()
+            if replica is None:
                 raise ActorStopped("every replica has failed (see replica_apply_failed in the log); they are rebuilt")
             if target != 0:
                 return None
-            replica = best
-        return replica.query_nowait(query)
+        return replica
+
+    def answer_now(self, query: object, target: int = 0) -> Answer | None:
+        """Answer from the replica :meth:`replica_for` picks, now; None if the caller must wait."""
+        replica = self.replica_for(target)
+        return None if replica is None else replica.query_nowait(query)
 
     def query_nowait(self, query: object, target: int = 0) -> Answer:
         """Answer now from a replica at ``target`` or beyond; :class:`ConsistencyTimeout` if none is there yet."""

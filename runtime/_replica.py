@@ -149,18 +149,36 @@ class Replica:
 
     def query_nowait(self, query: object) -> Answer:
         """Answer from this replica's models now, at its current position."""
+        return Answer(self.result(query), self.position)
+
+    def result(self, query: object) -> object:
+        """The result of ``query`` from this replica's models now (it reflects :attr:`position`).
+
+        Domain exceptions are translated to the runtime's errors (:meth:`failure`).
+        """
         self._queries += 1
         try:
-            result = self.models.query(query)
-        except CQRSError:
-            raise
+            return self.models.query(query)
         except Exception as exc:
-            error = self._domain.translate(exc)
-            if error is not None:
-                raise error from exc
-            _log.error("query_crashed", replica=self.name, query_type=type(query).__name__, exc_info=exc)
-            raise InternalError(f"{type(query).__name__} failed: {type(exc).__name__}: {exc}") from exc
-        return Answer(result, self.position)
+            raise self.failure(query, exc) from exc
+
+    def failure(self, query: object, exc: Exception) -> CQRSError:
+        """The runtime error for an exception the read models raised answering ``query``.
+
+        Ours pass through, a domain's declared ones are translated, anything else is a bug: logged,
+        and :class:`InternalError`.
+        """
+        if isinstance(exc, CQRSError):
+            return exc
+        error = self._domain.translate(exc)
+        if error is not None:
+            return error
+        _log.error("query_crashed", replica=self.name, query_type=type(query).__name__, exc_info=exc)
+        return InternalError(f"{type(query).__name__} failed: {type(exc).__name__}: {exc}")
+
+    def count_queries(self, n: int) -> None:
+        """Count ``n`` queries answered straight from :attr:`models` (a caller's batch path)."""
+        self._queries += n
 
     def wait_future(self, position: int) -> asyncio.Future[None]:
         """A future resolved once this replica has applied ``position`` (already done if it has).

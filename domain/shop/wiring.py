@@ -17,6 +17,8 @@ from .seed import seed_commands
 from .state import CustomerState, OrderState, ProductState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from soloist import RecordedEvent
 
     from .state import State
@@ -28,17 +30,15 @@ __all__ = ["DOMAIN", "ShopReplicaModels"]
 class ShopReplicaModels:
     """Adapts :class:`ShopReadModels` (which takes a domain event and a position) to ``soloist.ReadModels``."""
 
-    __slots__ = ("_apply", "models")
+    __slots__ = ("_apply", "models", "query")
 
     def __init__(self) -> None:
         self.models = ShopReadModels()
         self._apply = self.models.apply
+        self.query: Callable[[object], object] = self.models.query  # bound once: no hop per query
 
     def apply(self, event: RecordedEvent) -> None:
         self._apply(event.data, event.position)
-
-    def query(self, query: object) -> object:
-        return self.models.query(query)
 
     def snapshot(self) -> object:
         return self.models.snapshot()

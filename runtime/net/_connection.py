@@ -14,13 +14,15 @@ from collections import deque
 from typing import TYPE_CHECKING, Final, cast, final
 
 import anyio
+import msgspec
 import structlog
 
 from .._errors import BadRequest, CQRSError
+from .._messages import bad_request_from
 from ._errors import TooLarge, Unauthorized
-from ._framing import LineSplitter, encode_error, encode_events, encode_ok
+from ._framing import LineSplitter, Ok, encode_error, encode_events, encode_ok, encode_oks
 from ._ops import internal
-from ._requests import AuthRequest, RequestError, RequestId, parse_request
+from ._requests import AuthRequest, Request, RequestError, RequestId, parse_lines, parse_request
 
 if TYPE_CHECKING:
     from .._broadcast import Subscription
@@ -99,13 +101,15 @@ class Connection(asyncio.Protocol):
         if self._closed or self.draining:
             return
         self._last = self._loop.time()
-        lines, too_long = self._splitter.feed(data)
+        block, too_long = self._splitter.feed_block(data)
         try:
-            if self._backlog:
-                self._backlog.extend(lines)
+            if block is None:
+                pass
+            elif self._backlog:
+                self._backlog.extend(block.split(b"\n"))
                 self._drain_backlog()
             else:
-                self._handle_lines(lines)
+                self._handle_block(block)
             if too_long:
                 max_line = self._server.max_line
                 error = TooLarge(f"a request line is longer than {max_line} bytes; the connection is closed")
@@ -130,7 +134,7 @@ class Connection(asyncio.Protocol):
             if self._backlog:
                 self._backlog.append(last)
             else:
-                self._handle_lines([last])
+                self._handle_block(last)
             self._flush()
         if self.subscribed:
             self._keepalive(0.05)
@@ -151,8 +155,21 @@ class Connection(asyncio.Protocol):
 
     # -- reading and backpressure ---------------------------------------------------------------------
 
-    def _handle_lines(self, lines: list[bytes]) -> None:
+    def _handle_block(self, block: bytes) -> None:
+        """Answer the complete lines of a chunk (``block``: lines joined by ``\n``)."""
         cap = self._cap
+        if self.authed and not self.subscribed and not self.draining and self.in_flight + block.count(b"\n") < cap:
+            # The common case: a chunk of well-formed requests that all fit under the in-flight cap,
+            # parsed in one call. If any line is malformed, fall through and answer line by line.
+            try:
+                requests = parse_lines(block)
+            except RequestError:
+                pass
+            else:
+                self._server.requests += len(requests)
+                self._ops.handle_many(self, requests)
+                return
+        lines = block.split(b"\n")
         handle = self._handle
         for i, line in enumerate(lines):
             if self.draining:
@@ -248,6 +265,13 @@ class Connection(asyncio.Protocol):
             self._server.errors += 1
         self._out.append(line)
 
+    def ok_many(self, answers: list[Ok]) -> None:
+        try:
+            self._out.append(encode_oks(answers))
+        except (TypeError, ValueError, OverflowError):  # one result is not serialisable: find it, one by one
+            for answer in answers:
+                self.ok(answer.id, answer.result, answer.position)
+
     def error(self, request_id: RequestId, error: CQRSError) -> None:
         self._server.errors += 1
         try:
@@ -284,15 +308,19 @@ class Connection(asyncio.Protocol):
         if not line or line.isspace():
             return
         self._server.requests += 1
-        request_id: RequestId = None
         try:
-            try:
-                request = parse_request(line)
-            except RequestError:
-                if not self.authed:
-                    raise Unauthorized(_UNAUTHORIZED) from None
-                raise
-            request_id = request.id
+            request = parse_request(line)
+        except RequestError as exc:
+            if self.authed:
+                self.error(exc.request_id, exc.error)
+            else:
+                self.error(None, Unauthorized(_UNAUTHORIZED))
+            return
+        self.dispatch(request)
+
+    def dispatch(self, request: Request) -> None:
+        """Answer one parsed request (its op's handler, with the connection's rules). Never raises."""
+        try:
             if not self.authed and type(request) is not AuthRequest:
                 raise Unauthorized(_UNAUTHORIZED)
             if self.subscribed:
@@ -300,11 +328,16 @@ class Connection(asyncio.Protocol):
                     "this connection is dedicated to its subscription; open another connection for requests"
                 )
             self._ops.handle(self, request)
-        except RequestError as exc:
-            self.error(exc.request_id, exc.error)
-        except CQRSError as exc:
-            self.error(request_id, exc)
         except Exception as exc:
+            self.fail(request.id, exc)
+
+    def fail(self, request_id: RequestId, exc: Exception) -> None:
+        """Answer a request with the error ``exc`` (a malformed payload, a rule, or a bug: logged)."""
+        if isinstance(exc, msgspec.MsgspecError):
+            self.error(request_id, bad_request_from(exc))
+        elif isinstance(exc, CQRSError):
+            self.error(request_id, exc)
+        else:
             _log.error("request_crashed", request_id=request_id, exc_info=exc)
             self.error(request_id, internal(exc))
 

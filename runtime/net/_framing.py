@@ -20,8 +20,10 @@ __all__ = [
     "DEFAULT_MAX_LINE",
     "LineSplitter",
     "LineTooLong",
+    "Ok",
     "encode_error",
     "encode_events",
+    "encode_oks",
     "encode_ok",
 ]
 
@@ -66,30 +68,44 @@ class LineSplitter:
         Once a line is too long the splitter keeps nothing more: the caller answers ``too_large`` and
         closes the connection.
         """
+        block, too_long = self.feed_block(data)
+        return ([] if block is None else block.split(b"\n")), too_long
+
+    def feed_block(self, data: bytes) -> tuple[bytes | None, bool]:
+        """Like :meth:`feed`, but the complete lines as one block joined by ``\n`` (None if there is none).
+
+        The server parses a whole block in one call; splitting it into lines is only needed when one
+        of them is malformed.
+        """
         partial = self._partial
-        if b"\n" not in data:
+        end = data.rfind(b"\n")
+        if end < 0:
             partial += data
             if len(partial) > self._max:
                 partial.clear()
-                return [], True
-            return [], False
-        lines = data.split(b"\n")
+                return None, True
+            return None, False
         if partial:
-            partial += lines[0]
-            lines[0] = bytes(partial)
+            partial += data[:end]
+            block = bytes(partial)
             partial.clear()
-        partial += lines.pop()
+        else:
+            block = data[:end]
+        partial += data[end + 1 :]
         limit = self._max
-        if len(partial) > limit or max(map(len, lines)) > limit:
+        if len(partial) > limit or (len(block) > limit and max(map(len, block.split(b"\n"))) > limit):
             partial.clear()
+            lines = block.split(b"\n")
             for i, line in enumerate(lines):
                 if len(line) > limit:
-                    return lines[:i], True
-            return lines, True
-        return lines, False
+                    return (b"\n".join(lines[:i]) if i else None), True
+            return block, True
+        return block, False
 
 
-class _Ok(msgspec.Struct, gc=False, omit_defaults=True):
+class Ok(msgspec.Struct, gc=False, omit_defaults=True):
+    """An ok answer (``position`` omitted when None)."""
+
     id: int | str | None
     ok: bool
     result: object
@@ -113,12 +129,17 @@ class _Event(msgspec.Struct, gc=False):
 
 def encode_ok(request_id: int | str | None, result: object, position: int | None = None) -> bytes:
     """An ok answer line. Raises ``TypeError`` if ``result`` is not JSON-serialisable."""
-    return _encode(_Ok(request_id, True, result, position)) + b"\n"
+    return _encode(Ok(request_id, True, result, position)) + b"\n"
 
 
 def encode_error(request_id: int | str | None, code: str, message: str) -> bytes:
     """An error answer line; never fails (the id was validated to be null, an int or a string)."""
     return _encode(_Error(request_id, False, _ErrorBody(code, message))) + b"\n"
+
+
+def encode_oks(answers: Sequence[Ok]) -> bytes:
+    """Several ok answer lines in one call; ``TypeError`` if one of the results is not serialisable."""
+    return _encode_lines(answers)
 
 
 def encode_events(events: Sequence[RecordedEvent]) -> bytes:

@@ -30,6 +30,7 @@ __all__ = [
     "SubscribeRequest",
     "RequestError",
     "RequestId",
+    "parse_lines",
     "parse_request",
 ]
 
@@ -77,7 +78,9 @@ class SubscribeRequest(_Request, frozen=True, kw_only=True, tag="subscribe"):
 Request = PingRequest | StatsRequest | AuthRequest | CommandRequest | QueryRequest | SubscribeRequest
 OPS: Final = ("auth", "command", "ping", "query", "stats", "subscribe")
 
-_decode: Final = msgspec.json.Decoder(Request).decode
+_decoder: Final = msgspec.json.Decoder(Request)
+_decode: Final = _decoder.decode
+_decode_lines: Final = _decoder.decode_lines
 _decode_any: Final = msgspec.json.Decoder().decode
 
 
@@ -96,6 +99,17 @@ def parse_request(line: bytes) -> Request:
         return _decode(line)
     except msgspec.MsgspecError as exc:
         raise _explain(line, exc) from None
+
+
+def parse_lines(lines: bytes) -> list[Request]:
+    """Every request of newline-separated lines, in one call; :class:`RequestError` if any line is not one.
+
+    (The error is for the whole chunk; parse the lines one by one to find and answer each bad line.)
+    """
+    try:
+        return _decode_lines(lines)
+    except msgspec.MsgspecError as exc:
+        raise RequestError(bad_request_from(exc), None) from None
 
 
 def _explain(line: bytes, exc: msgspec.MsgspecError) -> RequestError:
