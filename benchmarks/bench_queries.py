@@ -62,19 +62,13 @@ import orjson
 import uvloop
 
 from benchmarks._common import median, percentile, print_table, write_json
-from soloist import (
-    App,
-    Broadcast,
-    EventLog,
-    LogReader,
-    Overloaded,
-    Receipt,
-    Replica,
-    SnapshotStore,
-    TypeRegistry,
-    Writer,
-    configure_logging,
-)
+from soloist import App, Overloaded, Receipt, configure_logging
+from soloist._broadcast import Broadcast
+from soloist._log import EventLog, LogReader
+from soloist._messages import TypeRegistry
+from soloist._replica import Replica
+from soloist._snapshot import SnapshotStore
+from soloist._writer import Writer
 from soloist_shop.commands import AddProduct, RegisterCustomer, Restock
 from soloist_shop.events import (
     CustomerRegistered,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final, Literal, final
 
 import anyio
 
-from ._errors import ActorStopped, BadRequest, ConsistencyTimeout
+from ._errors import BadRequest, Broken, ConsistencyTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -109,7 +109,7 @@ class QueryRouter:
         """A future resolved once some live replica has applied ``target``.
 
         It waits on the most advanced replica; if that one stops (fails, is rebuilt), the wait moves
-        to the next. It fails with :class:`ActorStopped` only when no live replica is left. For
+        to the next. It fails with :class:`Broken` only when no live replica is left. For
         callback-driven callers (the socket server) and :meth:`wait_for`.
         """
         outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -117,7 +117,7 @@ class QueryRouter:
         def attach() -> None:
             best = self.most_advanced()
             if best.failed:
-                outer.set_exception(ActorStopped("every replica has failed; see replica_apply_failed in the log"))
+                outer.set_exception(Broken("every replica has failed; see replica_apply_failed in the log"))
                 return
             inner = best.wait_future(target)
 

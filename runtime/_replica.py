@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import structlog
 
-from ._errors import ActorStopped, ConsistencyTimeout, CQRSError, InternalError
+from ._errors import Broken, Closed, ConsistencyTimeout, CQRSError, InternalError
 from ._gc import gc_paused
 from ._messages import Answer, Batch
 
@@ -103,7 +103,9 @@ class Replica:
             self.ready = False
             for _, _, future in self._waiters:
                 if not future.done():  # waiters move on to another replica (QueryRouter.wait_future)
-                    future.set_exception(ActorStopped(f"{self.name} stopped at position {self.position}"))
+                    future.set_exception(
+                        (Broken if self.failed else Closed)(f"{self.name} stopped at position {self.position}")
+                    )
             self._waiters.clear()
 
     def apply_batch(self, batch: Batch, *, sample_lag: bool = True) -> bool:

@@ -151,14 +151,14 @@ class TestErrors:
             assert answer["id"] == (None if "id" in request_ else 1)
 
     async def test_conflict(self, tmp_path: Path) -> None:
-        """An idempotency key reused for a different command is a conflict naming the key."""
+        """An idempotency key reused for a different command is idempotency_conflict naming the key."""
         async with serving(tmp_path) as (_, server), raw(server) as conn:
             await conn.request(id=1, op="command", type="Open", data={"account": "a"}, idempotency_key="k")
             await conn.request(id=2, op="command", type="Open", data={"account": "b"}, idempotency_key="k")
             answers = await conn.answers(2)
             assert answers[1]["ok"]
             code, message = error_of(answers[2])
-            assert code == "conflict"
+            assert code == "idempotency_conflict"
             assert "'k'" in message
 
     async def test_overloaded(self, tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ class TestErrors:
             assert any(a["ok"] for a in answers)
 
     async def test_command_timeout_then_duplicate(self, tmp_path: Path) -> None:
-        """A command slower than its timeout_ms gets timeout; it still commits, as a retry shows."""
+        """A command slower than its timeout_ms gets command_timeout; it still commits, as a retry shows."""
         async with serving(tmp_path) as (app, server), raw(server) as conn:
             await open_accounts(conn, "a")
             deposit = {
@@ -186,7 +186,7 @@ class TestErrors:
             with write_lock(app.path):
                 await conn.request(id=1, timeout_ms=20, **deposit)
                 code, message = error_of(await conn.answer())
-                assert code == "timeout"
+                assert code == "command_timeout"
                 assert "idempotency_key" in message
             await conn.request(id=2, **deposit)
             answer = await conn.answer()

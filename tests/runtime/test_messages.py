@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from soloist import BadRequest, TypeRegistry, UnknownType
+from soloist import BadRequest, UnknownType
+from soloist._messages import TypeRegistry
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

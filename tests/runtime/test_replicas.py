@@ -10,7 +10,8 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from soloist import Answer, App, BadRequest, ConsistencyTimeout, NotFound, SnapshotStore
+from soloist import Answer, App, BadRequest, ConsistencyTimeout, NotFound
+from soloist._snapshot import SnapshotStore
 from tests.toy import BANK, Balance, Deposit, Open, Total, Transfer
 
 if TYPE_CHECKING:

@@ -25,12 +25,12 @@ from soloist import (
     Overloaded,
     ReadOnlyStorage,
     Receipt,
-    SnapshotStore,
     StorageFull,
     UnknownType,
     WriterLocked,
 )
 from soloist._guard import SingleWriterGuard
+from soloist._snapshot import SnapshotStore
 from tests.toy import BANK, Account, Crash, Deposit, Open, Opened, Transfer, Withdraw
 
 if TYPE_CHECKING:
