@@ -583,7 +583,7 @@ async def replica_catch_up(path: Path, head: int) -> int:
 
 
 class GcOff:
-    """The cyclic GC off for the block, as App does while it starts (freeze_gc)."""
+    """The cyclic GC off for the block, as App does around each chunk of its start (gc_paused)."""
 
     def __enter__(self) -> None:
         gc.disable()
@@ -677,7 +677,7 @@ async def bench_rebuild(workdir: Path, events: int) -> Row:
     for read_models_checkpoint in snapshots.glob(f"{DOMAIN.name}-*.snapshot"):
         read_models_checkpoint.unlink()
     with Timer() as t:
-        async with App(DOMAIN, path, replicas=1, snapshot_dir=snapshots, freeze_gc=False) as app:
+        async with App(DOMAIN, path, replicas=1, snapshot_dir=snapshots) as app:
             t.stop()
             replayed = app.statistics().replicas[0].applied
     steps["app_start_read_models_from_log"] = t.row(head, replica_replayed=replayed)
