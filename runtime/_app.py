@@ -85,7 +85,7 @@ class App:
 
     def __init__(
         self,
-        domain: Domain[Any],
+        domain: Domain[Any, Any, Any, Any],
         path: str | os.PathLike[str],
         *,
         replicas: int = 4,

@@ -55,11 +55,11 @@ class ReplicaStatistics:
 class Replica:
     """Applies the broadcast to its own read models and answers queries at its applied position."""
 
-    def __init__(self, name: str, domain: Domain[Any], broadcast: Broadcast, *, lag_samples: int = 10000) -> None:
+    def __init__(self, name: str, domain: Domain[Any, Any, Any, Any], broadcast: Broadcast, *, lag_samples: int = 10000) -> None:
         self.name = name
         self._domain = domain
         self._broadcast = broadcast
-        self.models: ReadModels = domain.read_models()
+        self.models: ReadModels[Any] = domain.read_models()
         self.position = 0
         self.ready = False  # True once caught up with the head it saw at start
         self.failed = False

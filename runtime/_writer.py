@@ -103,7 +103,7 @@ class Writer:
 
     def __init__(
         self,
-        domain: Domain[Any],
+        domain: Domain[Any, Any, Any, Any],
         log: EventLog,
         *,
         commands: TypeRegistry,

@@ -48,7 +48,7 @@ class UsageError(Exception):
     """A bad argument: printed to stderr, exit code 2."""
 
 
-def load_domain(spec: str) -> Domain[Any]:
+def load_domain(spec: str) -> Domain[Any, Any, Any, Any]:
     """Import ``module:ATTR`` and return the :class:`~soloist.Domain` it names."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:

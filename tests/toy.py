@@ -1,12 +1,15 @@
 """A tiny bank domain for the runtime's own tests: accounts, deposits, withdrawals, transfers.
 
 Pure decide/evolve over ``account-<id>`` streams; a transfer touches two streams in one command.
+``Poison`` records a ``Poisoned`` event that :class:`FragileBank` read models fail on (a bug in a
+projection, for the replica-failure tests); :func:`first_replica_fragile` makes only the first replica so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import itertools
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypeAlias, assert_never
 
 from soloist import Domain, DomainError, NotFound, RecordedEvent
 
@@ -54,6 +57,13 @@ class Crash:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Poison:
+    """A command that records a Poisoned event: FragileBank read models raise on it."""
+
+    account: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Opened:
     account: str
 
@@ -62,6 +72,11 @@ class Opened:
 class Moved:
     account: str
     delta: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Poisoned:
+    account: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,7 +94,12 @@ class Account:
     balance: int
 
 
-def stream_of(event: Opened | Moved) -> str:
+Command: TypeAlias = Open | Deposit | Withdraw | Transfer | Crash | Poison
+Event: TypeAlias = Opened | Moved | Poisoned
+Query: TypeAlias = Balance | Total
+
+
+def stream_of(event: Event) -> str:
     return f"account-{event.account}"
 
 
@@ -90,7 +110,7 @@ def _balance(states: Mapping[str, Account], account: str) -> int:
     return state.balance
 
 
-def decide(states: Mapping[str, Account], command: Any) -> Sequence[object]:
+def decide(states: Mapping[str, Account], command: Command) -> Sequence[Event]:
     if isinstance(command, Open):
         if f"account-{command.account}" in states:
             raise Refused(f"account {command.account!r} exists")
@@ -114,13 +134,18 @@ def decide(states: Mapping[str, Account], command: Any) -> Sequence[object]:
         ]
     if isinstance(command, Crash):
         raise ZeroDivisionError("a bug in decide")
-    raise TypeError(f"unknown command {command!r}")
+    if isinstance(command, Poison):
+        _balance(states, command.account)
+        return [Poisoned(account=command.account)]
+    assert_never(command)
 
 
-def evolve(state: Account | None, event: Any) -> Account:
+def evolve(state: Account | None, event: Event) -> Account:
     if isinstance(event, Opened):
         return Account(balance=0)
     assert state is not None
+    if isinstance(event, Poisoned):
+        return state
     return Account(balance=state.balance + event.delta)
 
 
@@ -141,14 +166,12 @@ class Bank:
             self.balances[data.account] += data.delta
             self.total += data.delta
 
-    def query(self, query: object) -> object:
+    def query(self, query: Query) -> object:
         if isinstance(query, Balance):
             if query.account not in self.balances:
                 raise Missing(f"no account {query.account!r}")
             return self.balances[query.account]
-        if isinstance(query, Total):
-            return self.total
-        raise TypeError(query)
+        return self.total
 
     def snapshot(self) -> object:
         return {"balances": self.balances, "total": self.total, "applied": self.applied}
@@ -160,10 +183,10 @@ class Bank:
         self.applied = list(state["applied"])
 
 
-BANK: Domain[Account] = Domain(
+BANK: Domain[Account, Command, Event, Query] = Domain(
     name="bank",
-    commands=(Open, Deposit, Withdraw, Transfer, Crash),
-    events=(Opened, Moved),
+    commands=(Open, Deposit, Withdraw, Transfer, Crash, Poison),
+    events=(Opened, Moved, Poisoned),
     queries=(Balance, Total),
     decide=decide,
     evolve=evolve,
@@ -171,3 +194,27 @@ BANK: Domain[Account] = Domain(
     read_models=Bank,
     errors={Refused: DomainError, Missing: NotFound},
 )
+
+
+class PoisonError(Exception):
+    """What a fragile projection raises on a Poisoned event."""
+
+
+class FragileBank(Bank):
+    """Read models with a bug: applying a Poisoned event raises."""
+
+    def apply(self, event: RecordedEvent) -> None:
+        if isinstance(event.data, Poisoned):
+            raise PoisonError(f"a bug in a projection at position {event.position}")
+        super().apply(event)
+
+
+def first_replica_fragile() -> Domain[Account, Command, Event, Query]:
+    """The bank with FragileBank read models for the first replica only (replicas are made in order);
+    every later one, including a rebuilt replica, gets healthy ones."""
+    made = itertools.count()
+
+    def read_models() -> Bank:
+        return FragileBank() if next(made) == 0 else Bank()
+
+    return replace(BANK, read_models=read_models)
