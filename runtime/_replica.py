@@ -55,7 +55,9 @@ class ReplicaStatistics:
 class Replica:
     """Applies the broadcast to its own read models and answers queries at its applied position."""
 
-    def __init__(self, name: str, domain: Domain[Any, Any, Any, Any], broadcast: Broadcast, *, lag_samples: int = 10000) -> None:
+    def __init__(
+        self, name: str, domain: Domain[Any, Any, Any, Any], broadcast: Broadcast, *, lag_samples: int = 10000
+    ) -> None:
         self.name = name
         self._domain = domain
         self._broadcast = broadcast
