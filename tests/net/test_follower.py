@@ -99,7 +99,7 @@ class TestFollower:
         """When the writer's server goes away the replica keeps serving, then catches up after it returns."""
         async with cluster(tmp_path) as (writer, upstream, app, follower, server):
             await writer.execute(Open(account="a"))
-            await until(lambda: app.position == 1)
+            await app.router.wait_for(1, timeout=10)  # the follower replicated it and a replica applied it
             async with Client.connect("127.0.0.1", server.port) as r:
                 assert (await r.query("Balance", {"account": "a"}, consistency="strong")).position == 1
                 upstream.stop()
