@@ -127,6 +127,18 @@ async def stopped_broken(replica: Replica, position: int) -> None:
     assert replica.failed
 
 
+class TestEveryReplicaFailed:
+    async def test_waiting_queries_get_broken(self, open_app: AppFactory) -> None:
+        """With its only replica dead, a query that must wait for a position gets Broken (it died), at once."""
+        async with open_app(replicas=1, domain=first_replica_fragile()) as app:
+            await app.execute(Open(account="a"))
+            receipt = await app.execute(Poison(account="a"))
+            await stopped_broken(app.router.replicas[0], receipt.position)
+            with pytest.raises(Broken, match="every replica has failed") as caught:
+                await app.query(Total(), consistency="strong", timeout=60)
+            assert caught.type is Broken
+
+
 class TestCheckpoints:
     async def test_restart_from_checkpoint_plus_tail(self, db: Path, tmp_path: Path) -> None:
         """Replicas load the newest checkpoint and replay only the tail, ending equal to a full replay."""
