@@ -74,9 +74,10 @@ async def _exit_beside(stack: AsyncExitStack, exc: BaseException | None) -> bool
             return bool(await stack.__aexit__(None, None, None))
         return bool(await stack.__aexit__(type(cancelled), cancelled, cancelled.__traceback__))
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        if len(group.exceptions) != 1:
+            raise
+        only = group.exceptions[0]
+    raise only  # outside the handler: it keeps its own __cause__, and the group does not become its context
 
 
 @final

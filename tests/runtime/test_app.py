@@ -24,7 +24,10 @@ class SnapshotBug(Exception):
 
 class UnsnapshottableBank(Bank):
     def snapshot(self) -> object:
-        raise SnapshotBug("this read model cannot be checkpointed")
+        try:
+            return {"rows": self.balances["nobody"]}
+        except KeyError as exc:
+            raise SnapshotBug("this read model cannot be checkpointed") from exc
 
 
 class TestEmbedding:
@@ -65,6 +68,7 @@ class TestEmbedding:
         with pytest.raises(SnapshotBug) as caught:
             await run()
         assert caught.type is SnapshotBug
+        assert isinstance(caught.value.__cause__, KeyError)  # unwrapped, with its own cause
 
     async def test_cancelling_the_body_exits_cleanly(self, db: Path) -> None:
         """The caller's own cancel scope around the App ends it like a normal exit, the log committed."""
