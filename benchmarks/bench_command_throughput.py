@@ -34,7 +34,8 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine, median, percentile, print_table, write_json
-from soloist import App, EventLog, configure_logging
+from soloist import App, configure_logging
+from soloist._log import EventLog
 from soloist_shop.commands import Restock
 from soloist_shop.events import ProductAdded, ProductRestocked
 from soloist_shop.wiring import DOMAIN

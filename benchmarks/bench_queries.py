@@ -63,19 +63,13 @@ import orjson
 import uvloop
 
 from benchmarks._common import median, percentile, print_table, write_json
-from soloist import (
-    App,
-    Broadcast,
-    EventLog,
-    LogReader,
-    Overloaded,
-    Receipt,
-    Replica,
-    SnapshotStore,
-    TypeRegistry,
-    Writer,
-    configure_logging,
-)
+from soloist import App, Overloaded, Receipt, configure_logging
+from soloist._broadcast import Broadcast
+from soloist._log import EventLog, LogReader
+from soloist._messages import TypeRegistry
+from soloist._replica import Replica
+from soloist._snapshot import SnapshotStore
+from soloist._writer import Writer
 from soloist_shop.commands import AddProduct, RegisterCustomer, Restock
 from soloist_shop.events import (
     CustomerRegistered,
@@ -590,7 +584,7 @@ async def replica_catch_up(path: Path, head: int) -> int:
 
 
 class GcOff:
-    """The cyclic GC off for the block, as App does while it starts (freeze_gc)."""
+    """The cyclic GC off for the block, as App does around each chunk of its start (gc_paused)."""
 
     def __enter__(self) -> None:
         gc.disable()
@@ -684,7 +678,7 @@ async def bench_rebuild(workdir: Path, events: int) -> Row:
     for read_models_checkpoint in snapshots.glob(f"{DOMAIN.name}-*.snapshot"):
         read_models_checkpoint.unlink()
     with Timer() as t:
-        async with App(DOMAIN, path, replicas=1, snapshot_dir=snapshots, freeze_gc=False) as app:
+        async with App(DOMAIN, path, replicas=1, snapshot_dir=snapshots) as app:
             t.stop()
             replayed = app.statistics().replicas[0].applied
     steps["app_start_read_models_from_log"] = t.row(head, replica_replayed=replayed)

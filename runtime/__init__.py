@@ -3,21 +3,27 @@
 Commands go through one writer actor (bounded queue, serial decisions, group commit to a SQLite
 event log); committed events are broadcast to in-memory read replicas that answer queries at the
 consistency each query asks for. See docs/ARCHITECTURE.md.
+
+This is what a user needs: the :class:`App`, the :class:`Domain` seam, the messages an app hands back,
+the one error tree and the process-wide switches. The machinery (writer, log, broadcast, replicas,
+router, snapshots, type registry) stays importable from its private module (``soloist._writer`` ...)
+for tests and benchmarks, but is not part of the public API. The socket layer is :mod:`soloist.net`.
 """
 
 from __future__ import annotations
 
 from ._app import App as App
 from ._app import AppStatistics as AppStatistics
-from ._broadcast import Broadcast as Broadcast
-from ._broadcast import EventSource as EventSource
 from ._broadcast import Subscription as Subscription
-from ._broadcast import SubscriptionStatistics as SubscriptionStatistics
 from ._domain import Domain as Domain
 from ._domain import ReadModels as ReadModels
 from ._errors import ActorStopped as ActorStopped
 from ._errors import BadRequest as BadRequest
+from ._errors import Broken as Broken
+from ._errors import Closed as Closed
+from ._errors import CommandTimeout as CommandTimeout
 from ._errors import ConcurrencyError as ConcurrencyError
+from ._errors import ConnectionLost as ConnectionLost
 from ._errors import ConsistencyTimeout as ConsistencyTimeout
 from ._errors import CQRSError as CQRSError
 from ._errors import DomainError as DomainError
@@ -30,24 +36,21 @@ from ._errors import NotWriter as NotWriter
 from ._errors import Overloaded as Overloaded
 from ._errors import PersistenceError as PersistenceError
 from ._errors import ReadOnlyStorage as ReadOnlyStorage
+from ._errors import RemoteError as RemoteError
 from ._errors import StorageFull as StorageFull
+from ._errors import TooLarge as TooLarge
+from ._errors import Unauthorized as Unauthorized
+from ._errors import UnknownOp as UnknownOp
 from ._errors import UnknownType as UnknownType
+from ._errors import UpstreamUnavailable as UpstreamUnavailable
 from ._errors import WriterLocked as WriterLocked
-from ._log import EventLog as EventLog
-from ._log import LogReader as LogReader
+from ._gc import ProcessTuning as ProcessTuning
+from ._gc import tune_process as tune_process
 from ._logging import configure_logging as configure_logging
 from ._messages import Answer as Answer
-from ._messages import Batch as Batch
 from ._messages import Receipt as Receipt
 from ._messages import RecordedEvent as RecordedEvent
-from ._messages import TypeRegistry as TypeRegistry
 from ._queries import Consistency as Consistency
-from ._queries import QueryRouter as QueryRouter
-from ._replica import Replica as Replica
-from ._replica import ReplicaStatistics as ReplicaStatistics
-from ._snapshot import SnapshotStore as SnapshotStore
-from ._writer import Writer as Writer
-from ._writer import WriterStatistics as WriterStatistics
 
 __all__ = [
     "ActorStopped",
@@ -55,40 +58,38 @@ __all__ = [
     "App",
     "AppStatistics",
     "BadRequest",
-    "Batch",
-    "Broadcast",
+    "Broken",
     "CQRSError",
+    "Closed",
+    "CommandTimeout",
     "ConcurrencyError",
+    "ConnectionLost",
     "Consistency",
     "ConsistencyTimeout",
     "Domain",
     "DomainError",
-    "EventLog",
-    "EventSource",
     "IdempotencyConflict",
     "InternalError",
     "LogCorrupted",
-    "LogReader",
     "MailboxFull",
     "NotFound",
     "NotWriter",
     "Overloaded",
     "PersistenceError",
-    "QueryRouter",
+    "ProcessTuning",
     "ReadModels",
     "ReadOnlyStorage",
     "Receipt",
     "RecordedEvent",
-    "Replica",
-    "ReplicaStatistics",
-    "SnapshotStore",
+    "RemoteError",
     "StorageFull",
     "Subscription",
-    "SubscriptionStatistics",
-    "TypeRegistry",
+    "TooLarge",
+    "Unauthorized",
+    "UnknownOp",
     "UnknownType",
-    "Writer",
+    "UpstreamUnavailable",
     "WriterLocked",
-    "WriterStatistics",
     "configure_logging",
+    "tune_process",
 ]

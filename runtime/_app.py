@@ -13,8 +13,6 @@ replicas and queries work exactly as on the writer. Commands get :class:`NotWrit
 from __future__ import annotations
 
 import contextlib
-import gc
-import sys
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -26,7 +24,8 @@ import msgspec
 import structlog
 
 from ._broadcast import Broadcast, Subscription, SubscriptionStatistics
-from ._errors import ActorStopped, CQRSError, LogCorrupted, NotWriter
+from ._errors import Closed, CQRSError, LogCorrupted, NotWriter
+from ._gc import gc_paused
 from ._guard import SingleWriterGuard
 from ._log import EventLog, EventRow, LogReader, LogScanner, Synchronous, check_contiguous
 from ._messages import Answer, Batch, Receipt, RecordedEvent, TypeRegistry, encode
@@ -63,13 +62,31 @@ def _after(events: Sequence[RecordedEvent], position: int) -> tuple[RecordedEven
     return tuple(e for e in events if e.position > position)
 
 
+async def _exit_beside(stack: AsyncExitStack, exc: BaseException | None) -> bool:
+    """Exit the App's stack (task group, reader, log) without handing it the caller's exception.
+
+    Only a cancellation is passed in, so that the cancel scopes can recognise (and swallow) their own;
+    True if it was swallowed. A failure of the App's own tasks is raised unwrapped when it is alone.
+    """
+    cancelled = exc if isinstance(exc, anyio.get_cancelled_exc_class()) else None
+    try:
+        if cancelled is None:
+            return bool(await stack.__aexit__(None, None, None))
+        return bool(await stack.__aexit__(type(cancelled), cancelled, cancelled.__traceback__))
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        only = group.exceptions[0]
+    raise only  # outside the handler: it keeps its own __cause__, and the group does not become its context
+
+
 @final
 class App:
     """The runtime for one domain and one log file. Use as ``async with App(...) as app``."""
 
     def __init__(
         self,
-        domain: Domain[Any],
+        domain: Domain[Any, Any, Any, Any],
         path: str | os.PathLike[str],
         *,
         replicas: int = 4,
@@ -82,8 +99,6 @@ class App:
         query_timeout: float = 5.0,
         follower_of: str | None = None,
         rebuild_backoff: tuple[float, float] = (0.05, 60.0),
-        freeze_gc: bool = True,
-        switch_interval: float | None = 0.0005,
     ) -> None:
         if replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {replicas}")
@@ -107,9 +122,6 @@ class App:
         self._snapshot_every = snapshot_every
         self._query_timeout = query_timeout
         self.follower_of = follower_of
-        self._freeze_gc = freeze_gc
-        self._switch_interval = switch_interval
-        self._saved_switch_interval: float | None = None
         self._stack: AsyncExitStack | None = None
         self._writer: Writer | None = None
         self._writer_done = anyio.Event()
@@ -126,38 +138,25 @@ class App:
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
+    # An App is a resource that owns a task group, as anyio's docs describe for such objects: the group is
+    # entered in __aenter__ and exited in __aexit__, and the caller's body runs *beside* it, never through
+    # it. So the body's exception reaches the caller as itself (not wrapped in an ExceptionGroup), and a
+    # failure of the App's own tasks still surfaces (as that one exception if there is one).
+    #
+    # An embedded App leaves the process alone: no gc.freeze(), no switch interval. The CLI owns its
+    # process and calls soloist.tune_process() (runtime/_gc.py says why). Start pauses the cyclic GC only
+    # around its synchronous bulk sections (gc_paused), never across an await.
+
     async def __aenter__(self) -> App:
         stack = AsyncExitStack()
         await stack.__aenter__()
-        # Start = replaying the log into the write model and every replica: millions of small objects
-        # that hold no reference cycles. The cyclic GC would traverse them again and again (measured here:
-        # 2.2 us/event to decode with it off, ~4 us with it paused per chunk, ~8.5 us with it on), so it is
-        # off during start, and the rebuilt state then goes to the permanent generation (gc.freeze), where
-        # later collections skip it. Refcounting frees everything as usual. Opt out with freeze_gc=False.
-        # SQLite runs on the writer's and reader's threads, and releases the GIL inside each call; to go
-        # on, such a thread must win the GIL back from the event loop's thread. When the loop is busy
-        # (queries over the socket) that takes up to sys.getswitchinterval() per hand-over, 5 ms by
-        # default, several times per call: measured here, a busy loop let through 240-1,640 of 3,400
-        # paced commands in 2 s at 5 ms, and all 3,400 at 0.5 ms. Restored on exit; None leaves it alone.
-        if self._switch_interval is not None:
-            self._saved_switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(self._switch_interval)
-        collecting = gc.isenabled()
-        if collecting:
-            gc.disable()
         try:
             await self._start(stack)
         except BaseException as exc:
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
-            if self._saved_switch_interval is not None:
-                sys.setswitchinterval(self._saved_switch_interval)
-                self._saved_switch_interval = None
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            await _exit_beside(stack, exc)
             raise
-        finally:
-            if collecting:
-                if self._freeze_gc:
-                    gc.freeze()
-                gc.enable()
         self._stack = stack
         return self
 
@@ -242,19 +241,20 @@ class App:
             return
         with LogScanner(self.path, self.events) as scanner:
             while after < head:
-                events = scanner.read(after)
-                if not events:
-                    break
-                check_contiguous(self.path, after, events)
-                first, last = events[0].position, events[-1].position
-                if writer is not None and last > writer.position:
-                    writer.replay(events if first > writer.position else _after(events, writer.position))
-                batch = Batch(events=tuple(events))
-                for replica in replicas:
-                    if not replica.failed and last > replica.position:
-                        part = batch if first > replica.position else Batch(events=_after(events, replica.position))
-                        replica.apply_batch(part, sample_lag=False)
-                after = last
+                with gc_paused():  # synchronous: a chunk is read, decoded, evolved and applied, no await
+                    events = scanner.read(after)
+                    if not events:
+                        break
+                    check_contiguous(self.path, after, events)
+                    first, last = events[0].position, events[-1].position
+                    if writer is not None and last > writer.position:
+                        writer.replay(events if first > writer.position else _after(events, writer.position))
+                    batch = Batch(events=tuple(events))
+                    for replica in replicas:
+                        if not replica.failed and last > replica.position:
+                            part = batch if first > replica.position else Batch(events=_after(events, replica.position))
+                            replica.apply_batch(part, sample_lag=False)
+                    after = last
                 await anyio.lowlevel.checkpoint()
 
     async def _restore(self, replicas: Sequence[Replica], head: int) -> int:
@@ -265,8 +265,9 @@ class App:
         snapshot = await anyio.to_thread.run_sync(lambda: store.load(max_position=head))
         if snapshot is None:
             return 0
-        for replica in replicas:
-            replica.restore(snapshot.position, msgspec.json.decode(snapshot.body))  # each replica owns its copy
+        with gc_paused():
+            for replica in replicas:
+                replica.restore(snapshot.position, msgspec.json.decode(snapshot.body))  # each replica owns its copy
         _log.info("replicas_restored", snapshot=str(snapshot.path), position=snapshot.position, count=len(replicas))
         return snapshot.position
 
@@ -299,7 +300,7 @@ class App:
         """
         router = self.router
         if self._tg is None or self._broadcast is None:
-            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+            raise Closed("the app is not running; use `async with App(...) as app`")
         old = router.replicas[index]
         scope = self._replica_scopes.pop(old.name, None)
         if scope is not None:
@@ -319,10 +320,10 @@ class App:
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
+    ) -> bool:
         stack, self._stack = self._stack, None
         if stack is None:
-            return None
+            return False
         try:
             with anyio.CancelScope(shield=True):
                 if self._writer is not None:
@@ -338,12 +339,9 @@ class App:
                 if self._tg is not None:
                     self._tg.cancel_scope.cancel()
         finally:
-            result = await stack.__aexit__(exc_type, exc, tb)  # the log and reader close shielded
-            if self._saved_switch_interval is not None:
-                sys.setswitchinterval(self._saved_switch_interval)
-                self._saved_switch_interval = None
+            suppressed = await _exit_beside(stack, exc)  # the log and reader close shielded
         _log.info("app_stopped", domain=self.domain.name, position=self.position)
-        return result
+        return suppressed
 
     # -- commands -------------------------------------------------------------------------------------
 
@@ -351,7 +349,7 @@ class App:
         if self._writer is None:
             if self.follower_of is not None:
                 raise NotWriter(self.follower_of)
-            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+            raise Closed("the app is not running; use `async with App(...) as app`")
         return self._writer
 
     async def execute(
@@ -378,7 +376,7 @@ class App:
     async def replicate(self, events: Sequence[RecordedEvent]) -> None:
         """Append events another writer committed (positions must continue this log) and publish them."""
         if self.follower_of is None or self._log_handle is None or self._broadcast is None:
-            raise ActorStopped("replicate() is for a running follower App (follower_of=...)")
+            raise Closed("replicate() is for a running follower App (follower_of=...)")
         if not events:
             return
         expected = self._position + 1
@@ -412,7 +410,7 @@ class App:
     @property
     def router(self) -> QueryRouter:
         if self._router is None:
-            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+            raise Closed("the app is not running; use `async with App(...) as app`")
         return self._router
 
     def query_nowait(self, query: object) -> Answer:
@@ -435,7 +433,7 @@ class App:
     def subscribe(self, after: int = 0, *, buffer: int | None = None) -> Subscription:
         """Every event after position ``after``, in order: catch-up from the log, then live."""
         if self._broadcast is None:
-            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+            raise Closed("the app is not running; use `async with App(...) as app`")
         return self._broadcast.subscribe(after, buffer=buffer)
 
     def _head(self) -> int:
@@ -452,7 +450,7 @@ class App:
     def log(self) -> EventLog:
         """The write side of the event log (for operations such as ``set_pragma``)."""
         if self._log_handle is None:
-            raise ActorStopped("the app is not running; use `async with App(...) as app`")
+            raise Closed("the app is not running; use `async with App(...) as app`")
         return self._log_handle
 
     @property

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, final
 
-from ._errors import ActorStopped
+from ._errors import Broken, Closed
 from ._messages import Batch, RecordedEvent
 
 if TYPE_CHECKING:
@@ -122,13 +122,13 @@ class Subscription:
         """The next batch after :attr:`position`, waiting for one if needed."""
         while True:
             if self._closed:
-                raise ActorStopped("this subscription is closed")
+                raise Closed("this subscription is closed")
             if self._catching_up:
                 overflows = self._overflows
                 events = await self._source.read(self.position, self._chunk)
                 if events:
                     if events[0].position != self.position + 1:
-                        raise ActorStopped(
+                        raise Broken(
                             f"the log has no position {self.position + 1} (it starts at {events[0].position}); "
                             "was the database replaced?"
                         )

@@ -7,7 +7,7 @@ A domain never imports the runtime. One small wiring module on the domain's side
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -17,18 +17,25 @@ if TYPE_CHECKING:
 
 __all__ = ["Domain", "ReadModels"]
 
-S = TypeVar("S")
+S = TypeVar("S")  # the state of one stream
+C = TypeVar("C")  # the domain's commands (usually a union of frozen dataclasses)
+E = TypeVar("E")  # the domain's events
+Q = TypeVar("Q")  # the domain's queries
+Q_contra = TypeVar("Q_contra", contravariant=True)
 
 
-class ReadModels(Protocol):
+class ReadModels(Protocol[Q_contra]):
     """One replica's denormalised read models: applies events in log order and answers queries.
 
     No business rules live here. ``snapshot`` returns JSON-native data that ``restore`` accepts.
+    Generic in the queries it answers. ``event.data`` is one of the domain's events, but ``RecordedEvent``
+    is not generic in its data (a plain NamedTuple, the cheapest to build per event), so the events are
+    checked through ``decide``/``evolve``/``stream_of`` instead (see :class:`Domain`).
     """
 
     def apply(self, event: RecordedEvent) -> None: ...
 
-    def query(self, query: object) -> object: ...
+    def query(self, query: Q_contra) -> object: ...
 
     def snapshot(self) -> object: ...
 
@@ -36,12 +43,16 @@ class ReadModels(Protocol):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Domain(Generic[S]):
-    """A domain bound to the runtime.
+class Domain(Generic[S, C, E, Q]):
+    """A domain bound to the runtime, generic over its state, command, event and query types.
+
+    Declare it as ``DOMAIN: Domain[State, Command, Event, Query] = Domain(...)`` and mypy checks the
+    domain's functions against what the runtime calls them with:
 
     - ``decide(states, command) -> events``: pure; ``states`` maps stream id -> that stream's state
       (absent = no events yet). Raises one of ``errors``' keys to reject.
     - ``evolve(state | None, event) -> state``: pure; the new state of ``stream_of(event)``.
+    - ``read_models()``: a fresh :class:`ReadModels` for one replica.
     - ``errors``: domain exception class -> runtime error class (e.g. ``RuleViolation -> DomainError``).
     - ``seed``: commands to run when the log is empty (used by ``soloist serve``).
     - ``states``: the classes ``evolve`` returns; without them the write model is rebuilt from the log.
@@ -51,10 +62,10 @@ class Domain(Generic[S]):
     commands: Sequence[type]
     events: Sequence[type]
     queries: Sequence[type]
-    decide: Callable[[Mapping[str, S], Any], Sequence[object]]
-    evolve: Callable[[S | None, Any], S]
-    stream_of: Callable[[Any], str]
-    read_models: Callable[[], ReadModels]
+    decide: Callable[[Mapping[str, S], C], Sequence[E]]
+    evolve: Callable[[S | None, E], S]
+    stream_of: Callable[[E], str]
+    read_models: Callable[[], ReadModels[Q]]
     errors: Mapping[type[Exception], type[CQRSError]] = field(default_factory=dict)
     states: Sequence[type] = ()  # the write-model state classes (Structs): lets the writer checkpoint its model
     seed: Callable[[], Sequence[object]] | None = None

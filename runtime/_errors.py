@@ -1,39 +1,61 @@
-"""The one error tree of soloist.
+"""The one error tree of soloist, and its wire codes.
 
-Every error a caller can see is a :class:`CQRSError`; each carries a stable wire ``code`` (see
-``docs/protocol.md``) and a message that names the values involved and how to fix it::
+Every error a caller can see is a :class:`CQRSError`; each class has its own stable wire ``code`` (see
+``docs/protocol.md``) and a message that names the values involved and how to fix it. One code per
+class, so a client re-raises exactly the class the server raised (:func:`error_from_wire`)::
 
-    CQRSError
-    ├── BadRequest            bad_request   a field is missing, unknown or of the wrong type
-    │   └── UnknownType       unknown_type  no command/query/event of that type name is registered
-    ├── DomainError           rejected      a business rule refused the command; the log is unchanged
-    ├── NotFound              not_found     a query asked for something that does not exist
-    ├── ConcurrencyError      conflict      a stream version or an idempotency key clash
-    │   └── IdempotencyConflict             key reused with a different command
-    ├── Overloaded            overloaded    the writer's queue is full; nothing was done, retry later
-    ├── ConsistencyTimeout    timeout       a replica did not reach the asked position in time
-    ├── NotWriter             unknown_op    commands sent to a read-only follower
-    ├── ActorStopped          internal      the writer (or app) is closed or has died
-    ├── InternalError         internal      domain code raised an exception it did not declare (a bug)
-    └── PersistenceError      internal      the event log failed; nothing of the batch was acknowledged
-        ├── StorageFull                     SQLITE_FULL: the disk (or max_page_count) is full
-        ├── ReadOnlyStorage                 SQLITE_READONLY / permission denied
-        ├── LogCorrupted                    the log breaks an invariant (gap, bad checksum)
-        └── WriterLocked                    another process owns this log's writer lock
+    CQRSError                   error                 root; not raised on its own
+    ├── BadRequest              bad_request           a field is missing, unknown or of the wrong type
+    │   ├── UnknownType         unknown_type          no command/query/event of that type name is registered
+    │   └── UnknownOp           unknown_op            the server has no such op
+    ├── Unauthorized            unauthorized          send ``auth`` with the right token first
+    ├── TooLarge                too_large             a request line is longer than the limit
+    ├── DomainError             rejected              a business rule refused the command; the log is unchanged
+    ├── NotFound                not_found             a query asked for something that does not exist
+    ├── ConcurrencyError        conflict              a stream version clash
+    │   └── IdempotencyConflict idempotency_conflict  key reused with a different command
+    ├── Overloaded              overloaded            the writer's queue is full; nothing was done, retry later
+    ├── ConsistencyTimeout      timeout               a replica did not reach the asked position in time
+    ├── CommandTimeout          command_timeout       a command's receipt did not come within its timeout
+    ├── UpstreamUnavailable     upstream_unavailable  a replica could not learn the writer's position (strong)
+    ├── NotWriter               not_writer            a command sent to a read-only follower
+    ├── ActorStopped            stopped               the writer, a replica or the app is not running
+    │   ├── Closed              closed                ... because it was closed (shutting down): you closed it
+    │   └── Broken              broken                ... because it died (crashed, failed): it broke
+    ├── InternalError           internal              domain code raised an exception it did not declare (a bug)
+    ├── PersistenceError        persistence           the event log failed; nothing of the batch was acknowledged
+    │   ├── StorageFull         storage_full          SQLITE_FULL: the disk (or max_page_count) is full
+    │   ├── ReadOnlyStorage     read_only_storage     SQLITE_READONLY / permission denied
+    │   ├── LogCorrupted        log_corrupted         the log breaks an invariant (gap, bad checksum)
+    │   └── WriterLocked        writer_locked         another process owns this log's writer lock
+    ├── RemoteError             remote                client side: an error code this client does not know
+    └── ConnectionLost          connection_lost       client side: the connection closed with requests unanswered
 
 ``MailboxFull`` is an alias of :class:`Overloaded` (the name the style guide uses).
+
+A class that sets ``code`` in its body is registered in :data:`WIRE_CODES` (a second class with the same
+code is a ``TypeError`` at import). A subclass that does not set one (e.g. a domain's own
+``class OutOfStock(DomainError)``) travels as its parent's code.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import ClassVar
+from typing import TYPE_CHECKING, Final, Self
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
+    "WIRE_CODES",
     "ActorStopped",
     "BadRequest",
+    "Broken",
     "CQRSError",
+    "Closed",
+    "CommandTimeout",
     "ConcurrencyError",
+    "ConnectionLost",
     "ConsistencyTimeout",
     "DomainError",
     "IdempotencyConflict",
@@ -45,33 +67,76 @@ __all__ = [
     "Overloaded",
     "PersistenceError",
     "ReadOnlyStorage",
+    "RemoteError",
     "StorageFull",
+    "TooLarge",
+    "Unauthorized",
+    "UnknownOp",
     "UnknownType",
+    "UpstreamUnavailable",
     "WriterLocked",
+    "error_from_wire",
     "translate_sqlite_error",
 ]
+
+_codes: dict[str, type[CQRSError]] = {}
+WIRE_CODES: Final[Mapping[str, type[CQRSError]]] = _codes
+"""Wire code -> the one class that owns it, built from the tree (every class that sets ``code``)."""
 
 
 class CQRSError(Exception):
     """Root of every error soloist raises on purpose."""
 
-    code: ClassVar[str] = "internal"
+    # A plain attribute, not a ClassVar: RemoteError keeps the unknown code it received on the instance.
+    code: str = "error"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        code = cls.__dict__.get("code")
+        if code is None:
+            return
+        owner = _codes.setdefault(code, cls)
+        if owner is not cls:
+            raise TypeError(f"wire code {code!r} of {cls.__qualname__} is already owned by {owner.__qualname__}")
+
+    @classmethod
+    def from_wire(cls, message: str) -> Self:
+        """An instance carrying a server's message, without the in-process values ``__init__`` wants.
+
+        Attributes only an in-process error knows (e.g. ``ConsistencyTimeout.wanted``) are not set.
+        """
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+        return error
+
+
+_codes["error"] = CQRSError
 
 
 class BadRequest(CQRSError):
     """A message is malformed: a field is missing, unknown or of the wrong type."""
 
     code = "bad_request"
+    field: str | None
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         self.field = field
         super().__init__(message if field is None else f"field {field!r}: {message}")
+
+    _wire_field: str | None = None  # what ``field`` is on an instance built from the wire
+
+    @classmethod
+    def from_wire(cls, message: str) -> Self:
+        error = super().from_wire(message)
+        error.field = cls._wire_field
+        return error
 
 
 class UnknownType(BadRequest):
     """No message class is registered under the given type name."""
 
     code = "unknown_type"
+    _wire_field = "type"
 
     def __init__(self, kind: str, type_name: object, known: list[str]) -> None:
         self.kind = kind
@@ -79,6 +144,29 @@ class UnknownType(BadRequest):
         shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
         CQRSError.__init__(self, f"unknown {kind} type {type_name!r}; known {kind} types: {shown}")
         self.field = "type"
+
+
+class UnknownOp(BadRequest):
+    """The server has no such op."""
+
+    code = "unknown_op"
+    _wire_field = "op"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.field = "op"
+
+
+class Unauthorized(CQRSError):
+    """The server was started with a token and this connection has not sent ``auth`` with it."""
+
+    code = "unauthorized"
+
+
+class TooLarge(CQRSError):
+    """A request line is longer than the limit; the server answers once and closes the connection."""
+
+    code = "too_large"
 
 
 class DomainError(CQRSError):
@@ -94,13 +182,15 @@ class NotFound(CQRSError):
 
 
 class ConcurrencyError(CQRSError):
-    """A stream version or idempotency key clashed with what the log already holds."""
+    """A stream version clashed with what the log already holds."""
 
     code = "conflict"
 
 
 class IdempotencyConflict(ConcurrencyError):
     """An idempotency key was reused with a different command."""
+
+    code = "idempotency_conflict"
 
     def __init__(self, key: str, position: int) -> None:
         self.key = key
@@ -142,10 +232,22 @@ class ConsistencyTimeout(CQRSError):
         )
 
 
+class CommandTimeout(CQRSError):
+    """No receipt within the command's ``timeout_ms``. The command may still commit: the log is the truth."""
+
+    code = "command_timeout"
+
+
+class UpstreamUnavailable(CQRSError):
+    """A replica could not learn the writer's position in time, so it cannot answer a strong query."""
+
+    code = "upstream_unavailable"
+
+
 class NotWriter(CQRSError):
     """Commands were sent to a read-only follower."""
 
-    code = "unknown_op"
+    code = "not_writer"
 
     def __init__(self, writer: str) -> None:
         self.writer = writer
@@ -153,9 +255,24 @@ class NotWriter(CQRSError):
 
 
 class ActorStopped(CQRSError):
-    """The writer is closed (shutting down) or has died; the command was not taken."""
+    """The writer, a replica or the app is not running; the request was not taken.
 
-    code = "internal"
+    Catch this to handle both of its kinds: :class:`Closed` and :class:`Broken`.
+    """
+
+    code = "stopped"
+
+
+class Closed(ActorStopped):
+    """It was closed on purpose (the app is shutting down, or was never started): retry elsewhere or later."""
+
+    code = "closed"
+
+
+class Broken(ActorStopped):
+    """It died: the actor crashed, a replica's read models failed, or the log went missing under it."""
+
+    code = "broken"
 
 
 class InternalError(CQRSError):
@@ -167,23 +284,31 @@ class InternalError(CQRSError):
 class PersistenceError(CQRSError):
     """The event log failed. Nothing of the affected batch was acknowledged; memory was rolled back."""
 
-    code = "internal"
+    code = "persistence"
 
 
 class StorageFull(PersistenceError):
     """SQLite reported SQLITE_FULL: the disk or the database's max_page_count is exhausted."""
 
+    code = "storage_full"
+
 
 class ReadOnlyStorage(PersistenceError):
     """SQLite could not write: the file, directory or disk is read-only."""
+
+    code = "read_only_storage"
 
 
 class LogCorrupted(PersistenceError):
     """The log breaks one of its invariants (a gap in positions, a version out of order)."""
 
+    code = "log_corrupted"
+
 
 class WriterLocked(PersistenceError):
     """Another process holds the single-writer lock of this log."""
+
+    code = "writer_locked"
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -191,6 +316,41 @@ class WriterLocked(PersistenceError):
             f"another process is already the writer of {path} (lock file {path}.lock is held); "
             "stop it, or start this one as a replica that follows it"
         )
+
+
+class RemoteError(CQRSError):
+    """The server answered with an error code this client does not know (a newer server).
+
+    ``code`` is the server's code, as received; the message is the server's.
+    """
+
+    code = "remote"
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class ConnectionLost(CQRSError):
+    """The connection closed (or could not be used) while requests were waiting for their answers.
+
+    Client side only: never sent on the wire. A command that was in flight may or may not have been
+    committed; resend it with the same idempotency key to find out.
+    """
+
+    code = "connection_lost"
+
+
+def error_from_wire(code: object, message: object) -> CQRSError:
+    """The exception for an error answer ``{"code": ..., "message": ...}``: exactly the class that owns ``code``.
+
+    An unknown code (a newer server) gives a :class:`RemoteError` that keeps it.
+    """
+    text = message if isinstance(message, str) else repr(message)
+    cls = _codes.get(code) if isinstance(code, str) else None
+    if cls is None:
+        return RemoteError(code if isinstance(code, str) else repr(code), text)
+    return cls.from_wire(text)
 
 
 def translate_sqlite_error(exc: sqlite3.Error, *, what: str) -> PersistenceError:

@@ -1,19 +1,33 @@
-"""Pause the cyclic garbage collector around synchronous bulk work (decoding and applying event chunks).
+"""The garbage collector and the interpreter's switch interval: a pause for our own bulk work, and the
+process-wide tuning that only a process's owner (the CLI, or a service that decides so) may apply.
 
-Replaying a log allocates millions of small objects (events, states, read-model rows) that never form
-reference cycles, so the cyclic collector's passes over them are pure overhead: measured here, decoding
-300k shop events took 8.5 us/event with it running and 3.8 us with it paused, and a decode+apply replay
-went from ~185k to ~239k events/s. Refcounting still frees everything as usual.
-
+``gc_paused``: replaying a log allocates millions of small objects (events, states, read-model rows)
+that never form reference cycles, so the cyclic collector's passes over them are pure overhead: measured
+here, decoding 300k shop events took 8.5 us/event with it running and 3.8 us with it paused, and a
+decode+apply replay went from ~185k to ~239k events/s. Refcounting still frees everything as usual.
 Only for synchronous sections (no ``await`` inside), so the pause never spans other tasks' work.
+
+``tune_process``: an embedded library must not change the host process behind the service's back (a
+frozen heap, a different switch interval). The ``soloist`` CLI owns its process and calls this after
+its App has started; a service that embeds ``App`` may call it too, knowingly. See "Threads, the GIL and
+the garbage collector" in docs/ARCHITECTURE.md for the measurements.
 """
 
 from __future__ import annotations
 
 import gc
-from typing import final
+import sys
+from dataclasses import dataclass
+from typing import Final, final
 
-__all__ = ["gc_paused"]
+__all__ = ["DEFAULT_SWITCH_INTERVAL", "ProcessTuning", "gc_paused", "tune_process"]
+
+DEFAULT_SWITCH_INTERVAL: Final = 0.0005
+"""0.5 ms. SQLite runs on the writer's and the reader's threads and releases the GIL inside each call;
+to go on, such a thread must win the GIL back from the event loop's thread. When the loop is busy
+(queries over the socket) that takes up to ``sys.getswitchinterval()`` per hand-over, 5 ms by default,
+several times per call: measured here, a busy loop let through 240-1,640 of 3,400 paced commands in
+2 s at 5 ms, and all 3,400 at 0.5 ms."""
 
 
 @final
@@ -30,3 +44,38 @@ class gc_paused:
     def __exit__(self, *exc_info: object) -> None:
         if self._was_enabled:
             gc.enable()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessTuning:
+    """What :func:`tune_process` changed; :meth:`undo` puts it back."""
+
+    switch_interval_before: float
+    switch_interval: float
+    frozen: int  # objects moved to the GC's permanent generation by this call (0 if not asked)
+
+    def undo(self) -> None:
+        """Restore the switch interval and unfreeze what is frozen (``gc.unfreeze`` is process-wide)."""
+        sys.setswitchinterval(self.switch_interval_before)
+        if self.frozen:
+            gc.unfreeze()
+
+
+def tune_process(*, switch_interval: float | None = DEFAULT_SWITCH_INTERVAL, freeze_gc: bool = False) -> ProcessTuning:
+    """Tune the whole process for serving: the switch interval, and optionally freeze the heap as it is now.
+
+    - ``switch_interval`` (seconds; None leaves it alone): see :data:`DEFAULT_SWITCH_INTERVAL`.
+    - ``freeze_gc``: ``gc.freeze()`` moves every object alive now (the write model and read models an App
+      just rebuilt from the log: millions of objects without cycles) to the permanent generation, where
+      later collections no longer traverse them. Call it once the App has started. It freezes *every*
+      object of the process, which is why an App never does it on its own.
+    """
+    before = sys.getswitchinterval()
+    if switch_interval is not None:
+        sys.setswitchinterval(switch_interval)
+    frozen = 0
+    if freeze_gc:
+        count = gc.get_freeze_count()
+        gc.freeze()
+        frozen = gc.get_freeze_count() - count
+    return ProcessTuning(switch_interval_before=before, switch_interval=sys.getswitchinterval(), frozen=frozen)

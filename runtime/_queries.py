@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final, Literal, final
 
 import anyio
 
-from ._errors import ActorStopped, BadRequest, ConsistencyTimeout
+from ._errors import BadRequest, Broken, ConsistencyTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -96,13 +96,13 @@ class QueryRouter:
         - a ready replica at ``target`` answers (round robin);
         - for ``target == 0`` (eventual) a live replica still catching up answers too (its answer
           carries the position it reflects);
-        - if every replica has failed, :class:`ActorStopped` (failed replicas are rebuilt by the App).
+        - if every replica has failed, :class:`Broken` (failed replicas are rebuilt by the App).
         """
         replica = self.pick(target)
         if replica is None:
             replica = self.most_advanced()
             if replica is None:
-                raise ActorStopped("every replica has failed (see replica_apply_failed in the log); they are rebuilt")
+                raise Broken("every replica has failed (see replica_apply_failed in the log); they are rebuilt")
             if target != 0:
                 return None
         return replica
@@ -137,7 +137,7 @@ class QueryRouter:
         """A future resolved once some live replica has applied ``target``.
 
         It waits on the most advanced replica; if that one stops (fails, is rebuilt), the wait moves
-        to the next. It fails with :class:`ActorStopped` only when no live replica is left. Cancelling
+        to the next. It fails with :class:`Broken` only when no live replica is left. Cancelling
         it (a timed-out or abandoned wait) frees the replica's waiter at once.
         """
         outer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -146,7 +146,7 @@ class QueryRouter:
         def attach() -> None:
             best = self.most_advanced()
             if best is None:
-                outer.set_exception(ActorStopped("every replica has failed; see replica_apply_failed in the log"))
+                outer.set_exception(Broken("every replica has failed; see replica_apply_failed in the log"))
                 return
             future = best.wait_future(target)
             inner[:] = [future]

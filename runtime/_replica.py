@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, final
 import anyio
 import structlog
 
-from ._errors import ActorStopped, ConsistencyTimeout, CQRSError, InternalError
+from ._errors import Broken, Closed, ConsistencyTimeout, CQRSError, InternalError
 from ._gc import gc_paused
 from ._messages import Answer, Batch
 
@@ -55,11 +55,13 @@ class ReplicaStatistics:
 class Replica:
     """Applies the broadcast to its own read models and answers queries at its applied position."""
 
-    def __init__(self, name: str, domain: Domain[Any], broadcast: Broadcast, *, lag_samples: int = 10000) -> None:
+    def __init__(
+        self, name: str, domain: Domain[Any, Any, Any, Any], broadcast: Broadcast, *, lag_samples: int = 10000
+    ) -> None:
         self.name = name
         self._domain = domain
         self._broadcast = broadcast
-        self.models: ReadModels = domain.read_models()
+        self.models: ReadModels[Any] = domain.read_models()
         self.position = 0
         self.ready = False  # True once caught up with the head it saw at start
         self.failed = False
@@ -106,7 +108,9 @@ class Replica:
             self.stopped = True
             for _, _, future in self._waiters:
                 if not future.done():  # waiters move on to another replica (QueryRouter.wait_future)
-                    future.set_exception(ActorStopped(f"{self.name} stopped at position {self.position}"))
+                    future.set_exception(
+                        (Broken if self.failed else Closed)(f"{self.name} stopped at position {self.position}")
+                    )
             self._waiters.clear()
             self._abandoned = 0
 
@@ -190,7 +194,9 @@ class Replica:
         if self.position >= position:
             future.set_result(None)
         elif self.stopped:
-            future.set_exception(ActorStopped(f"{self.name} stopped at position {self.position}"))
+            future.set_exception(
+                (Broken if self.failed else Closed)(f"{self.name} stopped at position {self.position}")
+            )
         else:
             heapq.heappush(self._waiters, (position, next(self._seq), future))
             future.add_done_callback(self._waiter_done)

@@ -24,7 +24,8 @@ import msgspec
 import structlog
 
 from ._errors import (
-    ActorStopped,
+    Broken,
+    Closed,
     CQRSError,
     IdempotencyConflict,
     InternalError,
@@ -103,7 +104,7 @@ class Writer:
 
     def __init__(
         self,
-        domain: Domain[Any],
+        domain: Domain[Any, Any, Any, Any],
         log: EventLog,
         *,
         commands: TypeRegistry,
@@ -260,7 +261,7 @@ class Writer:
     def submit_nowait(self, command: object, *, idempotency_key: str | None = None) -> asyncio.Future[Receipt]:
         """Enqueue a command without waiting; the future resolves after its batch is durable.
 
-        Raises :class:`Overloaded` if the queue is full (nothing was enqueued), :class:`ActorStopped` if
+        Raises :class:`Overloaded` if the queue is full (nothing was enqueued), :class:`Closed` if
         the writer is closed, :class:`UnknownType` if the command's class is not registered.
         """
         submission = self._make(command, idempotency_key)
@@ -269,8 +270,10 @@ class Writer:
             send.send_nowait(submission)
         except anyio.WouldBlock:
             raise Overloaded(self._capacity) from None
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise ActorStopped("the writer is stopped; the command was not taken") from None
+        except anyio.ClosedResourceError:
+            raise Closed("the writer is closed; the command was not taken") from None
+        except anyio.BrokenResourceError:
+            raise Broken("the writer has died; the command was not taken") from None
         return submission.future
 
     async def submit(
@@ -297,10 +300,14 @@ class Writer:
                     await send.send(submission)
             except TimeoutError:
                 raise Overloaded(self._capacity, timeout) from None
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                raise ActorStopped("the writer is stopped; the command was not taken") from None
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise ActorStopped("the writer is stopped; the command was not taken") from None
+            except anyio.ClosedResourceError:
+                raise Closed("the writer is closed; the command was not taken") from None
+            except anyio.BrokenResourceError:
+                raise Broken("the writer has died; the command was not taken") from None
+        except anyio.ClosedResourceError:
+            raise Closed("the writer is closed; the command was not taken") from None
+        except anyio.BrokenResourceError:
+            raise Broken("the writer has died; the command was not taken") from None
         return await submission.future
 
     def _make(self, command: object, key: str | None) -> _Submission:
@@ -310,7 +317,7 @@ class Writer:
 
     def _open_send(self) -> MemoryObjectSendStream[_Submission]:
         if self._send is None:
-            raise ActorStopped("the writer is not running; start it with `await tg.start(writer.run)`")
+            raise Closed("the writer is not running; start it with `await tg.start(writer.run)`")
         return self._send
 
     def close(self) -> None:
@@ -363,7 +370,7 @@ class Writer:
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 return
             if not sub.future.done():
-                sub.future.set_exception(ActorStopped("the writer stopped before deciding this command"))
+                sub.future.set_exception(Broken("the writer stopped before deciding this command"))
 
     async def _process(self, batch: list[_Submission]) -> None:
         states, versions, keys = self._states, self._versions, self._keys

@@ -30,9 +30,10 @@ import structlog
 
 from ._app import App
 from ._domain import Domain
-from ._errors import CQRSError
+from ._errors import ConnectionLost, CQRSError
+from ._gc import tune_process
 from ._logging import configure_logging
-from .net import Client, ConnectionLost, Follower, Server, parse_address
+from .net import Client, Follower, Server, parse_address
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,7 +48,7 @@ class UsageError(Exception):
     """A bad argument: printed to stderr, exit code 2."""
 
 
-def load_domain(spec: str) -> Domain[Any]:
+def load_domain(spec: str) -> Domain[Any, Any, Any, Any]:
     """Import ``module:ATTR`` and return the :class:`~soloist.Domain` it names."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -81,6 +82,7 @@ async def _serve(args: argparse.Namespace) -> int:
             snapshot_dir=args.snapshot_dir,
             snapshot_every=args.snapshot_every,
         ) as app:
+            _tune()
             if not args.no_seed and app.position == 0 and domain.seed is not None:
                 commands = domain.seed()
                 for command in commands:
@@ -92,6 +94,12 @@ async def _serve(args: argparse.Namespace) -> int:
                 await _until_signal(signals)
                 tg.cancel_scope.cancel()  # the server drains first; then the App commits and closes
     return 0
+
+
+def _tune() -> None:
+    """This process is ours: tune it for serving once the App has rebuilt its state (see runtime/_gc.py)."""
+    tuning = tune_process(freeze_gc=True)
+    _log.info("process_tuned", switch_interval=tuning.switch_interval, gc_frozen=tuning.frozen)
 
 
 def _server(app: App, args: argparse.Namespace, *, upstream: Follower | None = None) -> Server:
@@ -117,6 +125,7 @@ async def _replica(args: argparse.Namespace) -> int:
         raise UsageError(f"--upstream: {exc}") from None
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with App(domain, args.db, replicas=args.replicas, follower_of=args.upstream) as app:
+            _tune()
             follower = Follower(app, args.upstream, token=args.upstream_token)
             server = _server(app, args, upstream=follower)
             async with anyio.create_task_group() as outer:

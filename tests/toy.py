@@ -1,11 +1,15 @@
 """A tiny bank domain for the runtime's own tests: accounts, deposits, withdrawals, transfers.
 
 Pure decide/evolve over ``account-<id>`` streams; a transfer touches two streams in one command.
+``Poison`` records a ``Poisoned`` event that :class:`FragileBank` read models fail on (a bug in a
+projection, for the replica-failure tests); :func:`first_replica_fragile` makes only the first replica so.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import itertools
+from dataclasses import replace
+from typing import TYPE_CHECKING, TypeAlias, assert_never
 
 import msgspec
 
@@ -53,6 +57,12 @@ class Crash(Msg, frozen=True, kw_only=True):
     account: str
 
 
+class Poison(Msg, frozen=True, kw_only=True):
+    """A command that records a Poisoned event: FragileBank read models raise on it."""
+
+    account: str
+
+
 class Opened(Msg, frozen=True, kw_only=True):
     account: str
 
@@ -60,6 +70,10 @@ class Opened(Msg, frozen=True, kw_only=True):
 class Moved(Msg, frozen=True, kw_only=True):
     account: str
     delta: int
+
+
+class Poisoned(Msg, frozen=True, kw_only=True):
+    account: str
 
 
 class Balance(Msg, frozen=True, kw_only=True):
@@ -74,7 +88,12 @@ class Account(Msg, frozen=True, kw_only=True):
     balance: int
 
 
-def stream_of(event: Opened | Moved) -> str:
+Command: TypeAlias = Open | Deposit | Withdraw | Transfer | Crash | Poison
+Event: TypeAlias = Opened | Moved | Poisoned
+Query: TypeAlias = Balance | Total
+
+
+def stream_of(event: Event) -> str:
     return f"account-{event.account}"
 
 
@@ -85,7 +104,7 @@ def _balance(states: Mapping[str, Account], account: str) -> int:
     return state.balance
 
 
-def decide(states: Mapping[str, Account], command: Any) -> Sequence[object]:
+def decide(states: Mapping[str, Account], command: Command) -> Sequence[Event]:
     if isinstance(command, Open):
         if f"account-{command.account}" in states:
             raise Refused(f"account {command.account!r} exists")
@@ -109,13 +128,18 @@ def decide(states: Mapping[str, Account], command: Any) -> Sequence[object]:
         ]
     if isinstance(command, Crash):
         raise ZeroDivisionError("a bug in decide")
-    raise TypeError(f"unknown command {command!r}")
+    if isinstance(command, Poison):
+        _balance(states, command.account)
+        return [Poisoned(account=command.account)]
+    assert_never(command)
 
 
-def evolve(state: Account | None, event: Any) -> Account:
+def evolve(state: Account | None, event: Event) -> Account:
     if isinstance(event, Opened):
         return Account(balance=0)
     assert state is not None
+    if isinstance(event, Poisoned):
+        return state
     return Account(balance=state.balance + event.delta)
 
 
@@ -136,14 +160,12 @@ class Bank:
             self.balances[data.account] += data.delta
             self.total += data.delta
 
-    def query(self, query: object) -> object:
+    def query(self, query: Query) -> object:
         if isinstance(query, Balance):
             if query.account not in self.balances:
                 raise Missing(f"no account {query.account!r}")
             return self.balances[query.account]
-        if isinstance(query, Total):
-            return self.total
-        raise TypeError(query)
+        return self.total
 
     def snapshot(self) -> object:
         return {"balances": self.balances, "total": self.total, "applied": self.applied}
@@ -155,10 +177,10 @@ class Bank:
         self.applied = list(state["applied"])
 
 
-BANK: Domain[Account] = Domain(
+BANK: Domain[Account, Command, Event, Query] = Domain(
     name="bank",
-    commands=(Open, Deposit, Withdraw, Transfer, Crash),
-    events=(Opened, Moved),
+    commands=(Open, Deposit, Withdraw, Transfer, Crash, Poison),
+    events=(Opened, Moved, Poisoned),
     queries=(Balance, Total),
     decide=decide,
     evolve=evolve,
@@ -167,3 +189,27 @@ BANK: Domain[Account] = Domain(
     errors={Refused: DomainError, Missing: NotFound},
     states=(Account,),
 )
+
+
+class PoisonError(Exception):
+    """What a fragile projection raises on a Poisoned event."""
+
+
+class FragileBank(Bank):
+    """Read models with a bug: applying a Poisoned event raises."""
+
+    def apply(self, event: RecordedEvent) -> None:
+        if isinstance(event.data, Poisoned):
+            raise PoisonError(f"a bug in a projection at position {event.position}")
+        super().apply(event)
+
+
+def first_replica_fragile() -> Domain[Account, Command, Event, Query]:
+    """The bank with FragileBank read models for the first replica only (replicas are made in order);
+    every later one, including a rebuilt replica, gets healthy ones."""
+    made = itertools.count()
+
+    def read_models() -> Bank:
+        return FragileBank() if next(made) == 0 else Bank()
+
+    return replace(BANK, read_models=read_models)

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
     from soloist import RecordedEvent
 
+    from .commands import Command
+    from .events import Event
+    from .queries import Query
     from .state import State
 
 __all__ = ["DOMAIN", "ShopReplicaModels"]
@@ -49,7 +52,8 @@ class ShopReplicaModels:
         self.models.restore(state)
 
 
-DOMAIN: Domain[State] = Domain(
+# Declared with its four types, so mypy checks decide/evolve/stream_of/read_models against the runtime's seams.
+DOMAIN: Domain[State, Command, Event, Query] = Domain(
     name="shop",
     commands=COMMANDS,
     events=EVENTS,

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Final, final
 import anyio
 import orjson
 
-from .._errors import BadRequest
+from .._errors import BadRequest, ConnectionLost, InternalError, TooLarge, error_from_wire
 from .._messages import Answer
-from ._errors import ConnectionLost, TooLarge, error_from_wire
 from ._framing import DEFAULT_MAX_LINE, LineSplitter
 
 if TYPE_CHECKING:
@@ -66,13 +65,14 @@ def _unix(path: str | os.PathLike[str], timeout: float) -> Callable[[], Awaitabl
     return connect
 
 
-def _raise_for(answer: Mapping[str, object], op: str) -> None:
+def _raise_for(answer: Mapping[str, object]) -> None:
+    """Raise exactly the class the server raised (one wire code per class, see ``runtime/_errors.py``)."""
     if answer.get("ok") is True:
         return
     error = answer.get("error")
     if isinstance(error, dict):
-        raise error_from_wire(error.get("code"), error.get("message"), op=op)
-    raise error_from_wire("internal", f"malformed answer: {answer!r}", op=op)
+        raise error_from_wire(error.get("code"), error.get("message"))
+    raise InternalError.from_wire(f"malformed answer: {answer!r}")
 
 
 @final
@@ -262,7 +262,7 @@ class Client:
 
     async def _call(self, request: Mapping[str, object]) -> tuple[object, int | None]:
         answer = await self.request(request)
-        _raise_for(answer, str(request.get("op")))
+        _raise_for(answer)
         position = answer.get("position")
         return answer.get("result"), position if type(position) is int else None
 
@@ -291,7 +291,7 @@ class Client:
             request["timeout_ms"] = timeout_ms
         result, _ = await self._call(request)
         if not isinstance(result, dict):
-            raise error_from_wire("internal", f"malformed command result {result!r}", op="command")
+            raise InternalError.from_wire(f"malformed command result {result!r}")
         return result
 
     async def query(
@@ -318,7 +318,7 @@ class Client:
         """The server's statistics: writer queue and batches, replicas' positions and lag, connections."""
         result, _ = await self._call({"op": "stats"})
         if not isinstance(result, dict):
-            raise error_from_wire("internal", f"malformed stats result {result!r}", op="stats")
+            raise InternalError.from_wire(f"malformed stats result {result!r}")
         return result
 
     def subscribe(self, after: int = 0) -> EventStream:
@@ -376,9 +376,9 @@ class EventStream:
         try:
             if endpoint.token is not None:
                 await self._send({"id": "auth", "op": "auth", "token": endpoint.token})
-                _raise_for(await self._answer(), "auth")
+                _raise_for(await self._answer())
             await self._send({"id": "subscribe", "op": "subscribe", "from_position": self._after})
-            _raise_for(await self._answer(), "subscribe")
+            _raise_for(await self._answer())
         except BaseException:
             await self.aclose()
             raise
@@ -432,7 +432,7 @@ class EventStream:
                 self.position = position
             self._events.append(event)
         elif message.get("ok") is False:
-            _raise_for(message, "subscribe")
+            _raise_for(message)
 
     async def receive_many(self) -> list[dict[str, object]]:
         """Every event already received (at least one, waiting for it if needed), in order."""

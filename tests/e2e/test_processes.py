@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from soloist.net import Client, ConnectionLost, UnknownOp
+from soloist import ConnectionLost, NotWriter
+from soloist.net import Client
 from tests.e2e.processes import run_cli, soloist
 
 if TYPE_CHECKING:
@@ -45,6 +46,10 @@ class TestServe:
             lines = writer.lines()
             assert events_named(lines, "signal_received")[0]["signal"] == "SIGTERM"
             assert events_named(lines, "app_stopped")[0]["position"] == 2
+            tuned = events_named(lines, "process_tuned")[0]  # the CLI owns its process and tunes it
+            assert tuned["switch_interval"] == 0.0005
+            assert isinstance(tuned["gc_frozen"], int)
+            assert tuned["gc_frozen"] > 0
 
     async def test_subscription_continues_across_a_restart(self, tmp_path: Path) -> None:
         """A subscription from the middle, resumed after the writer restarts on the same log, has no gaps."""
@@ -111,7 +116,7 @@ class TestReplica:
             assert (answer.result, answer.position) == (30, receipt["position"])
             total = await r.query("Total", consistency="session", min_position=int(str(receipt["position"])))
             assert total.result == 35
-            with pytest.raises(UnknownOp, match=writer.address):
+            with pytest.raises(NotWriter, match=writer.address):
                 await r.command("Open", {"account": "c"})
             stats = await r.stats()
             assert stats["role"] == "follower"

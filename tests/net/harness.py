@@ -28,7 +28,7 @@ __all__ = ["RawConnection", "raw", "serving"]
 async def serving(
     path: Path,
     *,
-    domain: Domain[Any] = BANK,
+    domain: Domain[Any, Any, Any, Any] = BANK,
     replicas: int = 2,
     app_options: dict[str, Any] | None = None,
     **server_options: Any,

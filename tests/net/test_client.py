@@ -10,25 +10,21 @@ import pytest
 from soloist import (
     Answer,
     BadRequest,
-    ConcurrencyError,
+    CommandTimeout,
+    ConnectionLost,
     ConsistencyTimeout,
     CQRSError,
     DomainError,
+    IdempotencyConflict,
+    InternalError,
     NotFound,
     Overloaded,
-    UnknownType,
-)
-from soloist.net import (
-    CODES,
-    Client,
-    CommandTimeout,
-    ConnectionLost,
-    RemoteError,
     TooLarge,
     Unauthorized,
     UnknownOp,
-    error_from_wire,
+    UnknownType,
 )
+from soloist.net import Client
 from tests.net.harness import serving
 from tests.net.test_server import until, write_lock
 
@@ -40,38 +36,6 @@ if TYPE_CHECKING:
 
 def connect(server: Server, **options: object) -> Client:
     return Client.connect("127.0.0.1", server.port, **options)  # type: ignore[arg-type]
-
-
-class TestErrorFromWire:
-    @pytest.mark.parametrize(
-        ("code", "op", "cls"),
-        [
-            ("bad_request", "query", BadRequest),
-            ("unknown_type", "query", UnknownType),
-            ("rejected", "command", DomainError),
-            ("not_found", "query", NotFound),
-            ("conflict", "command", ConcurrencyError),
-            ("overloaded", "command", Overloaded),
-            ("timeout", "query", ConsistencyTimeout),
-            ("timeout", "command", CommandTimeout),
-            ("unauthorized", "ping", Unauthorized),
-            ("too_large", "ping", TooLarge),
-            ("unknown_op", "command", UnknownOp),
-            ("internal", "command", RemoteError),
-        ],
-    )
-    def test_codes_map_to_classes(self, code: str, op: str, cls: type[CQRSError]) -> None:
-        """Each wire code becomes the runtime's (or the net layer's) class, carrying the server's message."""
-        error = error_from_wire(code, "the server's words", op=op)
-        assert type(error) is cls
-        assert str(error) == "the server's words"
-        assert error.code == code
-
-    def test_every_code_is_mapped(self) -> None:
-        """No wire code falls through to the unknown-code fallback."""
-        for code in CODES:
-            assert "unknown error code" not in str(error_from_wire(code, "m"))
-        assert "unknown error code 'weird'" in str(error_from_wire("weird", "m"))
 
 
 class TestClient:
@@ -106,26 +70,54 @@ class TestClient:
             (lambda c: c.query("Balance", {"account": "x"}), NotFound),
             (lambda c: c.command("Deposit", {"account": "a"}), BadRequest),
             (lambda c: c.command("Nope"), UnknownType),
-            (lambda c: c.command("Open", {"account": "a"}, idempotency_key="o"), ConcurrencyError),
+            (lambda c: c.command("Open", {"account": "a"}, idempotency_key="o"), IdempotencyConflict),
             (lambda c: c.query("Total", consistency="session", min_position=50, timeout_ms=1), ConsistencyTimeout),
-            (lambda c: c.command("Crash", {"account": "a"}), RemoteError),
+            (lambda c: c.command("Crash", {"account": "a"}), InternalError),
             (lambda c: c.request({"op": "command", "type": "Open", "data": {}, "pad": "x" * 2000}), TooLarge),
+            (lambda c: c._call({"op": "nope"}), UnknownOp),
         ],
     )
     async def test_typed_errors(self, tmp_path: Path, call: object, cls: type[CQRSError]) -> None:
-        """Error answers raise the runtime's own exception classes."""
+        """Error answers raise exactly the class the server raised (one wire code per class)."""
         async with serving(tmp_path) as (_, server), connect(server, max_line=1000) as client:
             await client.command("Open", {"account": "a"})
             await client.command("Open", {"account": "b"}, idempotency_key="o")
-            with pytest.raises(cls):
+            with pytest.raises(cls) as caught:
                 await call(client)  # type: ignore[operator]
+            assert caught.type is cls
+            assert caught.value.code == cls.code
             assert await client.ping() == 2  # the connection is still usable
 
     async def test_command_timeout(self, tmp_path: Path) -> None:
-        """A command slower than timeout_ms raises CommandTimeout."""
+        """A command slower than timeout_ms raises exactly CommandTimeout."""
         async with serving(tmp_path) as (app, server), connect(server) as client:
-            with write_lock(app.path), pytest.raises(CommandTimeout, match="idempotency_key"):
+            with write_lock(app.path), pytest.raises(CommandTimeout, match="idempotency_key") as caught:
                 await client.command("Open", {"account": "a"}, timeout_ms=10)
+            assert caught.type is CommandTimeout
+
+    async def test_overloaded(self, tmp_path: Path) -> None:
+        """With the writer's queue full, a command over the socket raises exactly Overloaded (nothing was done)."""
+        overloaded: list[Overloaded] = []
+        seen = anyio.Event()
+
+        async def one(client: Client, i: int) -> None:
+            try:
+                await client.command("Open", {"account": f"a{i}"})
+            except Overloaded as exc:
+                overloaded.append(exc)
+                seen.set()
+
+        options = {"queue_capacity": 1, "max_batch": 1}
+        async with serving(tmp_path, app_options=options) as (app, server), connect(server) as client:
+            async with anyio.create_task_group() as tg:
+                with write_lock(app.path):  # the writer's first commit waits: the queue fills up behind it
+                    for i in range(8):
+                        tg.start_soon(one, client, i)
+                    with anyio.fail_after(10):
+                        await seen.wait()
+            assert type(overloaded[0]) is Overloaded
+            assert "queue is full" in str(overloaded[0])
+            assert (await client.query("Total", consistency="strong")).position == 8 - len(overloaded)
 
     async def test_many_requests_in_flight(self, tmp_path: Path) -> None:
         """Concurrent requests on one connection are matched to their answers by id."""

@@ -9,8 +9,9 @@ import anyio
 import anyio.abc
 import pytest
 
-from soloist import App, ConsistencyTimeout, LogReader
-from soloist.net import Client, Follower, Server, UnknownOp, parse_address
+from soloist import App, NotWriter, UpstreamUnavailable
+from soloist._log import LogReader
+from soloist.net import Client, Follower, Server, parse_address
 from tests.net.test_server import until
 from tests.toy import BANK, Deposit, Open
 
@@ -88,24 +89,26 @@ class TestFollower:
             ]
 
     async def test_commands_are_refused_naming_the_writer(self, tmp_path: Path) -> None:
-        """A command sent to a replica gets unknown_op with the writer's address."""
+        """A command sent to a replica gets not_writer (exactly NotWriter at the client) with the writer's address."""
         async with cluster(tmp_path) as (_, upstream, _app, _, server), Client.connect("127.0.0.1", server.port) as r:
-            with pytest.raises(UnknownOp, match=upstream.address):
+            with pytest.raises(NotWriter, match=upstream.address) as caught:
                 await r.command("Open", {"account": "a"})
+            assert caught.type is NotWriter
 
     async def test_reconnects_after_the_writer_restarts(self, tmp_path: Path) -> None:
         """When the writer's server goes away the replica keeps serving, then catches up after it returns."""
         async with cluster(tmp_path) as (writer, upstream, app, follower, server):
             await writer.execute(Open(account="a"))
-            await until(lambda: app.position == 1)
+            await app.router.wait_for(1, timeout=10)  # the follower replicated it and a replica applied it
             async with Client.connect("127.0.0.1", server.port) as r:
                 assert (await r.query("Balance", {"account": "a"}, consistency="strong")).position == 1
                 upstream.stop()
                 await until(lambda: not follower.statistics().connected)
                 for _ in range(3):
                     await writer.execute(Deposit(account="a", amount=1))
-                with pytest.raises(ConsistencyTimeout, match=upstream.address):
+                with pytest.raises(UpstreamUnavailable, match=upstream.address) as caught:
                     await r.query("Balance", {"account": "a"}, consistency="strong")
+                assert caught.type is UpstreamUnavailable
                 assert (await r.query("Total")).result == 0  # eventual reads still work from local state
                 await upstream.start()
                 answer = await r.query("Balance", {"account": "a"}, consistency="strong", timeout_ms=5000)

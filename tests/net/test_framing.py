@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soloist.net import LineSplitter
-from soloist.net._framing import encode_error, encode_ok
+from soloist.net._framing import LineSplitter, encode_error, encode_ok
 
 
 class TestLineSplitter:

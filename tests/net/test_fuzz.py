@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.net.harness import serving
-from tests.net.test_server import until
+from tests.net.test_server import caught_up
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -141,10 +141,10 @@ def _good(served: tuple[BlockingPortal, App, int]) -> Iterator[Line]:
     conn.send(b'{"id": "open", "op": "command", "type": "Open", "data": {"account": "fuzz-witness"}}\n')
     assert orjson.loads(conn.read() or b"null")["ok"]
 
-    async def caught_up() -> None:
-        await until(lambda: all(r.position >= 1 for r in app.router.replicas))
+    async def every_replica_has_it() -> None:
+        await caught_up(app, 1)
 
-    portal.call(caught_up)
+    portal.call(every_replica_has_it)
     yield conn
     conn.close()
 

@@ -23,10 +23,17 @@ if TYPE_CHECKING:
 
 
 async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:
-    """Poll ``condition`` (bounded); the way to wait for a state that has no event to wait on."""
+    """Poll ``condition`` (bounded): only for states nothing can be awaited on (a server's or a follower's
+    statistics: connections, in-flight counts, reconnects). Positions are awaited with ``wait_for``."""
     with anyio.fail_after(within):
         while not condition():  # noqa: ASYNC110 - polling a plain attribute: there is no event to wait on
             await anyio.sleep(0.001)
+
+
+async def caught_up(app: App, position: int) -> None:
+    """Wait (bounded) until every replica of ``app`` has applied ``position``: on their own waiters, no polling."""
+    for replica in app.router.replicas:
+        await replica.wait_for(position, timeout=10)
 
 
 @contextmanager
@@ -84,7 +91,7 @@ class TestOps:
             assert answer["result"]["duplicate"] is False
             for level in ({"consistency": "strong"}, {"consistency": "session", "min_position": 2}, {}):
                 if not level:  # eventual reads whatever a replica has: let them all catch up first
-                    await until(lambda: all(r.position == 2 for r in app.router.replicas))
+                    await caught_up(app, 2)
                 await conn.request(id=2, op="query", type="Balance", data={"account": "a"}, **level)
                 assert await conn.answer() == {"id": 2, "ok": True, "result": 5, "position": 2}
 
@@ -102,7 +109,7 @@ class TestOps:
         """stats reports the writer, each replica's position and lag, and the connections."""
         async with serving(tmp_path) as (app, server), raw(server) as conn:
             await open_accounts(conn, "a")
-            await until(lambda: all(r.position == 1 for r in app.router.replicas))
+            await caught_up(app, 1)
             await conn.request(id=1, op="stats")
             stats = (await conn.answer())["result"]
             assert stats["position"] == 1
@@ -151,14 +158,14 @@ class TestErrors:
             assert answer["id"] == (None if "id" in request_ else 1)
 
     async def test_conflict(self, tmp_path: Path) -> None:
-        """An idempotency key reused for a different command is a conflict naming the key."""
+        """An idempotency key reused for a different command is idempotency_conflict naming the key."""
         async with serving(tmp_path) as (_, server), raw(server) as conn:
             await conn.request(id=1, op="command", type="Open", data={"account": "a"}, idempotency_key="k")
             await conn.request(id=2, op="command", type="Open", data={"account": "b"}, idempotency_key="k")
             answers = await conn.answers(2)
             assert answers[1]["ok"]
             code, message = error_of(answers[2])
-            assert code == "conflict"
+            assert code == "idempotency_conflict"
             assert "'k'" in message
 
     async def test_overloaded(self, tmp_path: Path) -> None:
@@ -174,7 +181,7 @@ class TestErrors:
             assert any(a["ok"] for a in answers)
 
     async def test_command_timeout_then_duplicate(self, tmp_path: Path) -> None:
-        """A command slower than its timeout_ms gets timeout; it still commits, as a retry shows."""
+        """A command slower than its timeout_ms gets command_timeout; it still commits, as a retry shows."""
         async with serving(tmp_path) as (app, server), raw(server) as conn:
             await open_accounts(conn, "a")
             deposit = {
@@ -186,7 +193,7 @@ class TestErrors:
             with write_lock(app.path):
                 await conn.request(id=1, timeout_ms=20, **deposit)
                 code, message = error_of(await conn.answer())
-                assert code == "timeout"
+                assert code == "command_timeout"
                 assert "idempotency_key" in message
             await conn.request(id=2, **deposit)
             answer = await conn.answer()

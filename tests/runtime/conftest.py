@@ -25,12 +25,12 @@ def _db(tmp_path: Path) -> Path:
 
 @pytest.fixture(name="open_app")
 def _open_app(db: Path) -> AppFactory:
-    """Open an App on the toy bank; used as ``async with open_app(**options) as app`` inside the test."""
+    """Open an App (the toy bank unless ``domain=`` says otherwise): ``async with open_app(**options) as app``."""
 
     @asynccontextmanager
     async def factory(**options: Any) -> AsyncIterator[App]:
         options.setdefault("replicas", 2)
-        async with App(BANK, options.pop("path", db), **options) as app:
+        async with App(options.pop("domain", BANK), options.pop("path", db), **options) as app:
             yield app
 
     return factory

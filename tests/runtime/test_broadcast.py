@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from soloist import Batch, Broadcast, RecordedEvent
+from soloist import RecordedEvent
+from soloist._broadcast import Broadcast
+from soloist._messages import Batch
 from tests.toy import Deposit, Open
 
 if TYPE_CHECKING:

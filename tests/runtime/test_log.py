@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from soloist import App, EventLog, LogCorrupted, LogReader, PersistenceError, TypeRegistry
-from soloist._messages import encode
+from soloist import App, LogCorrupted, PersistenceError
+from soloist._log import EventLog, LogReader
+from soloist._messages import TypeRegistry, encode
 from tests.toy import BANK, Moved, Opened
 
 if TYPE_CHECKING:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from soloist import BadRequest, TypeRegistry, UnknownType
+from soloist import BadRequest, UnknownType
+from soloist._messages import TypeRegistry
 
 
 class Line(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -10,12 +10,14 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from soloist import Answer, App, BadRequest, ConsistencyTimeout, NotFound, SnapshotStore
-from tests.toy import BANK, Balance, Deposit, Open, Total, Transfer
+from soloist import Answer, App, BadRequest, Broken, ConsistencyTimeout, NotFound
+from soloist._snapshot import SnapshotStore
+from tests.toy import BANK, Balance, Deposit, Open, Poison, Total, Transfer, first_replica_fragile
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from soloist._replica import Replica
     from tests.runtime.conftest import AppFactory
 
 
@@ -103,14 +105,11 @@ class TestReplicaHealth:
 
     async def test_failed_replica_is_skipped(self, open_app: AppFactory) -> None:
         """A replica whose apply raises is marked failed and queries go to the others."""
-        async with open_app(replicas=2) as app:
+        async with open_app(replicas=2, domain=first_replica_fragile()) as app:
             broken = app.router.replicas[0]
-
-            def explode(event: object) -> None:
-                raise RuntimeError("bug in a projection")
-
-            broken.models.apply = explode  # type: ignore[method-assign]
             await app.execute(Open(account="a"))
+            receipt = await app.execute(Poison(account="a"))  # replica-0's read models raise on it
+            await stopped_broken(broken, receipt.position)
             answer = await app.query(Balance(account="a"), consistency="strong")
             assert answer.result == 0
             for _ in range(4):
@@ -118,6 +117,26 @@ class TestReplicaHealth:
             assert broken.failed
             assert not broken.ready
             assert app.statistics().replicas[0].failed
+
+
+async def stopped_broken(replica: Replica, position: int) -> None:
+    """Wait until ``replica`` has failed on ``position``: its waiters get Broken (it died, nobody closed it)."""
+    if not replica.failed:
+        with pytest.raises(Broken, match=f"{replica.name} stopped"):
+            await replica.wait_for(position, timeout=10)
+    assert replica.failed
+
+
+class TestEveryReplicaFailed:
+    async def test_waiting_queries_get_broken(self, open_app: AppFactory) -> None:
+        """With its only replica dead, a query that must wait for a position gets Broken (it died), at once."""
+        async with open_app(replicas=1, domain=first_replica_fragile()) as app:
+            await app.execute(Open(account="a"))
+            receipt = await app.execute(Poison(account="a"))
+            await stopped_broken(app.router.replicas[0], receipt.position)
+            with pytest.raises(Broken, match="every replica has failed") as caught:
+                await app.query(Total(), consistency="strong", timeout=60)
+            assert caught.type is Broken
 
 
 class TestCheckpoints:
@@ -222,14 +241,11 @@ class TestRebuild:
 
     async def test_failed_replica_can_be_rebuilt(self, open_app: AppFactory) -> None:
         """After a replica fails, rebuilding it gives a healthy replica that answers again."""
-        async with open_app(replicas=2) as app:
+        async with open_app(replicas=2, domain=first_replica_fragile()) as app:
             broken = app.router.replicas[0]
-
-            def explode(event: object) -> None:
-                raise RuntimeError("bug in a projection")
-
-            broken.models.apply = explode  # type: ignore[method-assign]
-            receipt = await app.execute(Open(account="a"))
+            await app.execute(Open(account="a"))
+            receipt = await app.execute(Poison(account="a"))  # replica-0's read models raise on it
+            await stopped_broken(broken, receipt.position)
             await app.query(Total(), consistency="session", min_position=receipt.position)
             await app.router.replicas[1].wait_for(receipt.position, timeout=5)
             assert broken.failed

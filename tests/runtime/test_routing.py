@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from soloist import ActorStopped, App, ConsistencyTimeout, RecordedEvent
-from soloist.net import Client, RemoteError
+from soloist import ActorStopped, App, Broken, ConsistencyTimeout, RecordedEvent
+from soloist.net import Client
 from tests.net.harness import serving
 from tests.toy import BANK, Balance, Bank, Deposit, Moved, Open
 
@@ -47,7 +47,7 @@ HOLD_FAILED = (3600.0, 3600.0)  # rebuild back-off long enough that a failed rep
 
 class TestEveryReplicaFailed:
     async def test_app_and_socket_agree(self, tmp_path: Path) -> None:
-        """With the only replica failed, query_nowait, query and the socket all raise the same error."""
+        """With the only replica failed, query_nowait, query and the socket all raise the same error: Broken."""
         options = {"rebuild_backoff": HOLD_FAILED}
         async with serving(tmp_path, domain=POISONED, replicas=1, app_options=options) as (app, server):
             await app.execute(Open(account="a"))
@@ -56,15 +56,17 @@ class TestEveryReplicaFailed:
             with pytest.raises(ActorStopped, match="stopped at position 1"):
                 await replica.wait_for(app.position, timeout=5)  # it stops at the poisoned event
             assert replica.failed
-            with pytest.raises(ActorStopped, match="every replica has failed"):
+            with pytest.raises(Broken, match="every replica has failed"):
                 app.query_nowait(Balance(account="a"))
-            with pytest.raises(ActorStopped, match="every replica has failed"):
+            with pytest.raises(Broken, match="every replica has failed"):
                 await app.query(Balance(account="a"))
-            with pytest.raises(ActorStopped, match="every replica has failed"):
+            with pytest.raises(Broken, match="every replica has failed"):
                 await app.query(Balance(account="a"), consistency="strong")
             async with Client.connect("127.0.0.1", server.port) as client:
-                with pytest.raises((ActorStopped, RemoteError), match="every replica has failed"):
+                with pytest.raises(Broken, match="every replica has failed"):
                     await client.query("Balance", {"account": "a"})
+                with pytest.raises(Broken, match="every replica has failed"):
+                    await client.query("Balance", {"account": "a"}, consistency="session", min_position=1)
 
 
 class TestFailedReplicaIsRebuilt:

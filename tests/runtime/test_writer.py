@@ -19,18 +19,19 @@ from structlog.testing import capture_logs
 from soloist import (
     ActorStopped,
     App,
+    Closed,
     DomainError,
     IdempotencyConflict,
     InternalError,
     Overloaded,
     ReadOnlyStorage,
     Receipt,
-    SnapshotStore,
     StorageFull,
     UnknownType,
     WriterLocked,
 )
 from soloist._guard import SingleWriterGuard
+from soloist._snapshot import SnapshotStore
 from tests.toy import BANK, Account, Crash, Deposit, Open, Opened, Transfer, Withdraw
 
 if TYPE_CHECKING:
@@ -239,11 +240,12 @@ class TestLifecycle:
         assert len(log_rows(db)) == 301
 
     async def test_closed_app_refuses(self, open_app: AppFactory) -> None:
-        """After exit, commands get ActorStopped instead of hanging."""
+        """After exit, commands get Closed (an ActorStopped: it was closed, it did not die) instead of hanging."""
         async with open_app() as app:
             pass
-        with pytest.raises(ActorStopped):
+        with pytest.raises(ActorStopped) as caught:
             await app.execute(Open(account="a"))
+        assert caught.type is Closed
 
     async def test_guard_rejects_a_second_writer_task(self) -> None:
         """The single-writer guard raises BusyResourceError on re-entry."""

@@ -1,0 +1,68 @@
+"""Process tuning is an explicit call (the CLI makes it), and it says what it changed."""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+from soloist import tune_process
+from soloist._gc import DEFAULT_SWITCH_INTERVAL, gc_paused
+
+
+class TestTuneProcess:
+    def test_sets_the_switch_interval_and_reports_it(self) -> None:
+        """tune_process() sets 0.5 ms, returns what was there before, and undo() puts it back."""
+        before = sys.getswitchinterval()
+        tuning = tune_process()
+        try:
+            assert sys.getswitchinterval() == DEFAULT_SWITCH_INTERVAL == 0.0005
+            assert tuning.switch_interval == DEFAULT_SWITCH_INTERVAL
+            assert tuning.switch_interval_before == before
+            assert tuning.frozen == 0
+        finally:
+            tuning.undo()
+        assert sys.getswitchinterval() == before
+
+    def test_freeze_gc_moves_live_objects_to_the_permanent_generation(self) -> None:
+        """freeze_gc=True freezes what is alive now (counted), and undo() unfreezes it."""
+        assert gc.get_freeze_count() == 0
+        kept = [{"n": i} for i in range(1000)]  # objects the GC tracks
+        tuning = tune_process(switch_interval=None, freeze_gc=True)
+        try:
+            assert tuning.frozen >= len(kept)
+            assert gc.get_freeze_count() == tuning.frozen
+        finally:
+            tuning.undo()
+        assert gc.get_freeze_count() == 0
+
+    def test_none_leaves_the_switch_interval(self) -> None:
+        """switch_interval=None does not touch the interpreter's setting."""
+        sys.setswitchinterval(0.002)
+        try:
+            tuning = tune_process(switch_interval=None)
+            assert sys.getswitchinterval() == tuning.switch_interval == tuning.switch_interval_before == 0.002
+        finally:
+            sys.setswitchinterval(0.005)
+
+
+class TestGcPaused:
+    def test_pauses_and_restores(self) -> None:
+        """The cyclic GC is off inside the block and on again after, even if the block raises."""
+        assert gc.isenabled()
+        try:
+            with gc_paused():
+                assert not gc.isenabled()
+                raise ValueError("inside")
+        except ValueError:
+            pass
+        assert gc.isenabled()
+
+    def test_leaves_a_disabled_gc_disabled(self) -> None:
+        """If the GC was already off, the block does not turn it on."""
+        gc.disable()
+        try:
+            with gc_paused():
+                assert not gc.isenabled()
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
