@@ -19,7 +19,8 @@ Every error a caller can see is a :class:`CQRSError`; each carries a stable wire
         ├── StorageFull                     SQLITE_FULL: the disk (or max_page_count) is full
         ├── ReadOnlyStorage                 SQLITE_READONLY / permission denied
         ├── LogCorrupted                    the log breaks an invariant (gap, bad checksum)
-        └── WriterLocked                    another process owns this log's writer lock
+        ├── WriterLocked                    another process owns this log's writer lock
+        └── Fenced                fenced    this writer lost its lease on a shared (PostgreSQL) log
 
 ``MailboxFull`` is an alias of :class:`Overloaded` (the name the style guide uses).
 """
@@ -36,6 +37,7 @@ __all__ = [
     "ConcurrencyError",
     "ConsistencyTimeout",
     "DomainError",
+    "Fenced",
     "IdempotencyConflict",
     "InternalError",
     "LogCorrupted",
@@ -191,6 +193,17 @@ class WriterLocked(PersistenceError):
             f"another process is already the writer of {path} (lock file {path}.lock is held); "
             "stop it, or start this one as a replica that follows it"
         )
+
+
+class Fenced(PersistenceError):
+    """This writer's lease on a shared log expired or was taken over: it can never append under it again."""
+
+    code = "fenced"
+
+    def __init__(self, message: str, *, epoch: int | None = None, holder: str | None = None) -> None:
+        self.epoch = epoch  # the lease's current epoch, when known
+        self.holder = holder  # who holds it now, when known
+        super().__init__(message)
 
 
 def translate_sqlite_error(exc: sqlite3.Error, *, what: str) -> PersistenceError:
