@@ -124,9 +124,10 @@ class MemoryStore:
                     f"position {position} is already taken in the log (head {last}); another writer appended "
                     "or the writer's state is stale: restart it so that it recovers from the log"
                 )
-            if position <= last:
+            if position != last + 1:
                 raise ConcurrencyError(
-                    f"position {position} is not after the head {last}; the writer's state is stale: restart it"
+                    f"position {position} does not follow {last} (the head, or the batch's previous row); the "
+                    "writer assigns positions head+1, head+2, ...: its state is stale, restart it"
                 )
             if (stream, version) in log.versions or (stream, version) in versions:
                 raise ConcurrencyError(

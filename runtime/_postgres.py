@@ -270,6 +270,14 @@ class PostgresStore:
         self.log_id = meta["log_id"]
 
     async def aclose(self) -> None:
+        """Release the lease (a successor need not wait for its TTL), then close the connections."""
+        if self._epoch is not None:
+            with anyio.move_on_after(5, shield=True):
+                try:
+                    await self.release_lease()
+                except PersistenceError as exc:  # closing anyway: the lease expires by itself
+                    _log.warning("lease_release_failed", where=self.where, error=str(exc))
+        self._epoch = None
         conn, self._conn = self._conn, None
         pool, self._pool = self._pool, None
         with anyio.move_on_after(10, shield=True):  # closing must survive a cancelled caller
