@@ -418,6 +418,7 @@ class PostgresStore:
     # -- the port -----------------------------------------------------------------------------------------
 
     async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
+        self._readers()  # raises if the store is not open
         epoch = self._require_epoch(f"append {len(rows)} events")
         first: int | None = None
         if rows:

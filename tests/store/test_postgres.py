@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import anyio
 import asyncpg
 import pytest
@@ -86,6 +88,17 @@ class TestPostgresStore(EventStoreContract):
                 assert await b.acquire_lease("writer-b", 30) is None
             await a.renew_lease()
             assert await b.acquire_lease("writer-b", 30) is None
+
+    async def test_keep_lease_holds_it_while_idle(self) -> None:
+        """keep_lease renews an idle writer's lease, so no one else can take it until it stops."""
+        async with self.make_store() as a, self.make_store() as b:
+            assert await a.acquire_lease("writer-a", TTL) is not None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(a.keep_lease, every=TTL / 5))
+                await anyio.sleep(TTL * 2)  # time is the behaviour: longer than the TTL
+                assert await b.acquire_lease("writer-b", 30) is None
+                tg.cancel_scope.cancel()
+            await a.append(rows(1, 1))
 
     async def test_release_hands_over_at_once(self) -> None:
         """A released (or closed) writer's lease is free: the next one takes it without waiting for the TTL."""
