@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import median, print_table, write_json
 from soloist._postgres import PostgresStore
 from soloist._sqlitestore import SQLiteStore
-from soloist._store import identity_decoder
+from soloist._store import plain_json_decoder
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -91,7 +91,7 @@ async def postgres_store(server: str, size: int, seconds: float) -> tuple[float,
     name = f"soloist_bench_{secrets.token_hex(4)}"
     await admin(server, f"CREATE DATABASE {name}")
     try:
-        async with PostgresStore(f"{server}/{name}", identity_decoder) as store:
+        async with PostgresStore(f"{server}/{name}", plain_json_decoder) as store:
             await store.acquire_lease("bench", 60)
             rows = Rows()
 
@@ -135,7 +135,7 @@ async def postgres_naive(server: str, seconds: float) -> tuple[float, float]:
 
 async def sqlite_store(size: int, seconds: float) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with SQLiteStore(Path(tmp) / "log.db", identity_decoder) as store:
+        async with SQLiteStore(Path(tmp) / "log.db", plain_json_decoder) as store:
             rows = Rows()
 
             async def step() -> int:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
 
 import anyio
-import orjson
 
 from ._errors import ConcurrencyError, PersistenceError
 from ._messages import RecordedEvent
@@ -152,7 +151,7 @@ class MemoryStore:
             stream,
             version,
             type_name,
-            self._decoder(type_name, schema, orjson.loads(data)),
+            self._decoder(type_name, schema, data),
             recorded_at,
             command_id,
             key,

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Final, NoReturn, final
 
 import anyio
 import asyncpg
-import orjson
 import structlog
 
 from ._errors import ConcurrencyError, Fenced, LogCorrupted, PersistenceError, ReadOnlyStorage, StorageFull
@@ -454,7 +453,6 @@ class PostgresStore:
 
     def _events(self, records: Sequence[asyncpg.Record]) -> list[RecordedEvent]:
         decode = self._decoder
-        loads = orjson.loads
         make = RecordedEvent
         return [
             make(
@@ -462,7 +460,7 @@ class PostgresStore:
                 stream,
                 version,
                 type_name,
-                decode(type_name, schema, loads(data)),
+                decode(type_name, schema, data),
                 recorded_at,
                 command_id,
                 key,

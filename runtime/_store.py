@@ -20,9 +20,9 @@ The rules every adapter keeps:
   followers name the log they belong to with it.
 - Driver errors never leak: they are translated to :class:`~._errors.PersistenceError` and its subclasses.
 
-Event bodies cross the port as JSON bytes on the way in (the writer encodes once, with orjson) and as a
-decoded domain event on the way out: each adapter parses the JSON (SQLite a whole chunk at once, the
-others a row at a time) and hands the value to the :data:`EventDecoder` it was built with.
+Event bodies cross the port as JSON bytes both ways: the writer encodes each event once, the adapters store
+the bytes as they are, and on the way out hand them, with the type name and schema version, to the
+:data:`EventDecoder` they were built with, which builds the domain event.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
+import orjson
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ._messages import RecordedEvent
 
-__all__ = ["EventDecoder", "EventRow", "EventStore", "KeyRow", "Lease", "StoredKey", "identity_decoder"]
+__all__ = ["EventDecoder", "EventRow", "EventStore", "KeyRow", "Lease", "StoredKey", "plain_json_decoder"]
 
 # position, stream, version, type, schema, data (the event as JSON bytes, already encoded), command_id,
 # idempotency_key, recorded_at (time.time())
@@ -43,16 +45,15 @@ EventRow = tuple[int, str, int, str, int, bytes, str, str | None, float]
 # key, fingerprint, position, command_id of the command that used it
 KeyRow = tuple[str, str, int, str]
 
-# (type name, schema version, the event's JSON value as orjson parsed it) -> the domain event.
-# Wiring: ``lambda type_name, schema, data: registry.decode_trusted(type_name, data)``.
-# The value is already parsed rather than bytes because the SQLite adapter parses a whole 2,000-event
-# chunk with one orjson.loads (see _log.py); handing it bytes would mean re-encoding every event.
-EventDecoder = Callable[[str, int, object], object]
+# (type name, schema version, the event's JSON as stored) -> the domain event. Bytes, so that a msgspec
+# decoder builds the event straight from them (one pass, no intermediate dicts); wiring with a registry:
+# ``lambda type_name, schema, data: registry.decode_stored(type_name, data)``.
+EventDecoder = Callable[[str, int, bytes], object]
 
 
-def identity_decoder(type_name: str, schema: int, data: object) -> object:
-    """Keep the parsed JSON as it is (tools, tests, and logs whose types this process does not know)."""
-    return data
+def plain_json_decoder(type_name: str, schema: int, data: bytes) -> object:
+    """Plain JSON values instead of domain events (tools, benchmarks, logs whose types this process lacks)."""
+    return orjson.loads(data)
 
 
 class StoredKey(NamedTuple):

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 EVENTS = TypeRegistry("event", BANK.events)
 
 
-def decode(type_name: str, schema: int, data: object) -> object:
+def decode(type_name: str, schema: int, data: bytes) -> object:
     """The decoder the adapters are built with in these tests: the toy bank's events."""
-    return EVENTS.decode_trusted(type_name, data)
+    return EVENTS.decode_trusted(type_name, orjson.loads(data))
 
 
 def rows(first: int, count: int, *, stream: str = "account-a", version: int | None = None) -> list[EventRow]:
