@@ -7,6 +7,7 @@ import functools
 import anyio
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from soloist import LogCorrupted, PersistenceError
 from soloist._errors import Fenced
@@ -113,8 +114,11 @@ class TestPostgresStore(EventStoreContract):
         async with self.make_store() as a, self.make_store() as b:
             first = await a.acquire_lease("writer-a", TTL)
             assert first is not None
-            with anyio.fail_after(10):
+            with anyio.fail_after(10), capture_logs() as logs:
                 assert await b.wait_for_lease("writer-b", 30, poll=0.1) == first + 1
+            waits = [e for e in logs if e["event"] == "lease_wait"]
+            assert len(waits) == 1  # said once that it waits, and for whom
+            assert (waits[0]["holder"], waits[0]["current_holder"]) == ("writer-b", "writer-a")
             with pytest.raises(Fenced):
                 await a.append(rows(1, 1))
 
