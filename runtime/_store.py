@@ -28,7 +28,7 @@ the bytes as they are, and on the way out hand them, with the type name and sche
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, Protocol, runtime_checkable
 
 import orjson
 
@@ -123,6 +123,10 @@ class Lease(Protocol):
 
     async def renew_lease(self) -> None:
         """Push the expiry of the held lease ``ttl`` seconds ahead; raises Fenced if it was lost."""
+        ...
+
+    async def keep_lease(self, *, every: float | None = None) -> NoReturn:
+        """Renew the lease periodically while the writer is idle (run it in the writer's task group)."""
         ...
 
     async def release_lease(self) -> None:

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from soloist import LogCorrupted, PersistenceError
+from soloist import LogCorrupted, PersistenceError, ReadOnlyStorage
 from soloist._errors import Fenced
 from soloist._postgres import PostgresStore
 from soloist._store import EventStore, Lease
@@ -143,6 +143,21 @@ class TestPostgresStore(EventStoreContract):
             with pytest.raises(Fenced):  # reconnected, and fenced
                 await a.append(rows(1, 1))
             assert await b.head() == 0
+
+    async def test_read_only_database_is_read_only_storage(self) -> None:
+        """A database that refuses writes (as a hot standby does) gives ReadOnlyStorage, not a driver error."""
+        async with self.make_store():
+            pass  # the log exists
+        admin = await asyncpg.connect(self.dsn)
+        try:
+            database = self.dsn.rsplit("/", 1)[1]
+            await admin.execute(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
+        finally:
+            await admin.close()
+        async with self.make_store() as store:
+            with pytest.raises(ReadOnlyStorage, match="primary"):
+                await store.acquire_lease("writer-a", 30)
+            assert await store.head() == 0
 
     async def test_two_stores_create_one_log(self) -> None:
         """Two stores opening a new database at once create the schema once and agree on the log id."""
