@@ -203,7 +203,7 @@ class PostgresStore:
         self._holder = ""
         self._ttl = 0.0
         self.log_id = ""
-        s = schema
+        s = f'"{schema}"'  # quoted: a schema named like a keyword still works
         self._sql_append = _APPEND.format(s=s)
         self._sql_acquire = _ACQUIRE.format(s=s)
         self._sql_renew = _RENEW.format(s=s)
@@ -240,15 +240,16 @@ class PostgresStore:
             raise
 
     async def _create_schema(self, conn: asyncpg.Connection) -> None:
-        s = self._schema
+        name = self._schema
+        s = f'"{name}"'
         try:
             async with conn.transaction():
                 # Two stores opening a new log at once: the second waits here, then sees the tables.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"soloist-schema:{s}")
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"soloist-schema:{name}")
                 tables = {
                     r[0]
                     for r in await conn.fetch(
-                        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", s
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", name
                     )
                 }
                 if not tables:

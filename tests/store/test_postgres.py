@@ -183,10 +183,10 @@ class TestPostgresStore(EventStoreContract):
                 pass
 
     async def test_schemas_are_separate_logs(self) -> None:
-        """Two schemas in one database are two logs with their own ids and positions."""
+        """Two schemas in one database are two logs with their own ids and positions (even one named like a keyword)."""
         async with (
             PostgresStore(self.dsn, decode, schema="one") as one,
-            PostgresStore(self.dsn, decode, schema="two") as two,
+            PostgresStore(self.dsn, decode, schema="select") as two,
         ):
             assert one.log_id != two.log_id
             assert await one.acquire_lease("w", 30) is not None
