@@ -27,6 +27,7 @@ from ._errors import ConnectionLost as ConnectionLost
 from ._errors import ConsistencyTimeout as ConsistencyTimeout
 from ._errors import CQRSError as CQRSError
 from ._errors import DomainError as DomainError
+from ._errors import Fenced as Fenced
 from ._errors import IdempotencyConflict as IdempotencyConflict
 from ._errors import InternalError as InternalError
 from ._errors import LogCorrupted as LogCorrupted
@@ -68,6 +69,7 @@ __all__ = [
     "ConsistencyTimeout",
     "Domain",
     "DomainError",
+    "Fenced",
     "IdempotencyConflict",
     "InternalError",
     "LogCorrupted",

@@ -27,7 +27,8 @@ class, so a client re-raises exactly the class the server raised (:func:`error_f
     │   ├── StorageFull         storage_full          SQLITE_FULL: the disk (or max_page_count) is full
     │   ├── ReadOnlyStorage     read_only_storage     SQLITE_READONLY / permission denied
     │   ├── LogCorrupted        log_corrupted         the log breaks an invariant (gap, bad checksum)
-    │   └── WriterLocked        writer_locked         another process owns this log's writer lock
+    │   ├── WriterLocked        writer_locked         another process owns this log's writer lock
+    │   └── Fenced              fenced                this writer lost its lease on a shared (PostgreSQL) log
     ├── RemoteError             remote                client side: an error code this client does not know
     └── ConnectionLost          connection_lost       client side: the connection closed with requests unanswered
 
@@ -58,6 +59,7 @@ __all__ = [
     "ConnectionLost",
     "ConsistencyTimeout",
     "DomainError",
+    "Fenced",
     "IdempotencyConflict",
     "InternalError",
     "LogCorrupted",
@@ -316,6 +318,17 @@ class WriterLocked(PersistenceError):
             f"another process is already the writer of {path} (lock file {path}.lock is held); "
             "stop it, or start this one as a replica that follows it"
         )
+
+
+class Fenced(PersistenceError):
+    """This writer's lease on a shared log expired or was taken over: it can never append under it again."""
+
+    code = "fenced"
+
+    def __init__(self, message: str, *, epoch: int | None = None, holder: str | None = None) -> None:
+        self.epoch = epoch  # the lease's current epoch, when known
+        self.holder = holder  # who holds it now, when known
+        super().__init__(message)
 
 
 class RemoteError(CQRSError):

@@ -1,0 +1,134 @@
+"""The event store port: what the writer, the replicas and recovery need from a log, and nothing more.
+
+Three adapters implement it (one contract suite, ``tests/store/contract.py``, runs against each):
+
+- SQLite (``_sqlitestore.SQLiteStore``, today's :mod:`._log`): one file, WAL; one writer per file is
+  enforced by ``flock``.
+- PostgreSQL (``_postgres.PostgresStore``): one writer per log is enforced by a *lease* with a
+  monotonic epoch that every append checks in its own transaction, so it also implements :class:`Lease`.
+- In memory (``_memstore.MemoryStore``): for fast tests and fault injection.
+
+The rules every adapter keeps:
+
+- ``append`` is one transaction: every event and every idempotency key of the batch, or nothing.
+- Positions are assigned by the (single) writer, 1, 2, 3, ... and are never reused; a row whose
+  position or ``(stream, version)`` is already taken makes the whole batch fail with
+  :class:`~._errors.ConcurrencyError`.
+- ``read(after, limit)`` returns the events with a position above ``after`` in position order, at most
+  ``limit`` of them; ``read_stream`` returns one stream by version.
+- ``log_id`` is a random id made when the log was created: it survives reopening, and checkpoints and
+  followers name the log they belong to with it.
+- Driver errors never leak: they are translated to :class:`~._errors.PersistenceError` and its subclasses.
+
+Event bodies cross the port as JSON bytes both ways: the writer encodes each event once, the adapters store
+the bytes as they are, and on the way out hand them, with the type name and schema version, to the
+:data:`EventDecoder` they were built with, which builds the domain event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, Protocol, runtime_checkable
+
+import orjson
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._messages import RecordedEvent
+
+__all__ = ["EventDecoder", "EventRow", "EventStore", "KeyRow", "Lease", "StoredKey", "plain_json_decoder"]
+
+# position, stream, version, type, schema, data (the event as JSON bytes, already encoded), command_id,
+# idempotency_key, recorded_at (time.time())
+EventRow = tuple[int, str, int, str, int, bytes, str, str | None, float]
+# key, fingerprint, position, command_id of the command that used it
+KeyRow = tuple[str, str, int, str]
+
+# (type name, schema version, the event's JSON as stored) -> the domain event. Bytes, so that a msgspec
+# decoder builds the event straight from them (one pass, no intermediate dicts); wiring with a registry:
+# ``lambda type_name, schema, data: registry.decode_stored(type_name, data)``.
+EventDecoder = Callable[[str, int, bytes], object]
+
+
+def plain_json_decoder(type_name: str, schema: int, data: bytes) -> object:
+    """Plain JSON values instead of domain events (tools, benchmarks, logs whose types this process lacks)."""
+    return orjson.loads(data)
+
+
+class StoredKey(NamedTuple):
+    """An idempotency key as the log holds it."""
+
+    fingerprint: str
+    position: int
+    command_id: str
+
+
+class EventStore(Protocol):
+    """The log, as the writer, the replicas and recovery see it."""
+
+    log_id: str  # random id made when the log was created; empty until ``open`` returns
+
+    async def open(self) -> None:
+        """Connect, create the log if it is absent, and read ``log_id``; refuse what is not a soloist log."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and locks; safe to call twice and from a cancelled task."""
+        ...
+
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
+        """Append the events of a batch and the idempotency keys they answer in one durable transaction."""
+        ...
+
+    async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
+        """Up to ``limit`` events with a position above ``after``, in position order."""
+        ...
+
+    async def read_stream(self, stream: str) -> list[RecordedEvent]:
+        """Every event of one stream, by version."""
+        ...
+
+    async def head(self) -> int:
+        """The last committed position (0 for an empty log)."""
+        ...
+
+    async def keys(self) -> dict[str, StoredKey]:
+        """Every idempotency key of the log (loaded once, at recovery)."""
+        ...
+
+
+@runtime_checkable
+class Lease(Protocol):
+    """Single-writer fencing for a log that several processes can reach (PostgreSQL).
+
+    A SQLite log needs none (its writer holds ``flock`` on the file) and the in-memory one has a single
+    owner. Once this store holds the lease, every ``append`` checks in its own transaction that the lease
+    is still this store's and renews it; a writer that lost it (expired while it was paused, taken over
+    by another writer) gets :class:`~._errors.Fenced` and appends nothing, ever, under that epoch.
+    """
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch this store holds (None before the lease is acquired)."""
+        ...
+
+    async def acquire_lease(self, holder: str, ttl: float) -> int | None:
+        """Take the lease if it is free or expired: returns the new epoch, or None if another holds it."""
+        ...
+
+    async def wait_for_lease(self, holder: str, ttl: float, *, poll: float = 1.0) -> int:
+        """Take the lease, waiting (and logging that it waits) while another writer holds it."""
+        ...
+
+    async def renew_lease(self) -> None:
+        """Push the expiry of the held lease ``ttl`` seconds ahead; raises Fenced if it was lost."""
+        ...
+
+    async def keep_lease(self, *, every: float | None = None) -> NoReturn:
+        """Renew the lease periodically while the writer is idle (run it in the writer's task group)."""
+        ...
+
+    async def release_lease(self) -> None:
+        """Give the lease up (it expires now), so that a successor need not wait for the TTL."""
+        ...
