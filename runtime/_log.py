@@ -52,8 +52,8 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 # position, stream, version, type, schema, data (the event: a dataclass or JSON-native), command_id,
 # idempotency_key, recorded_at -- serialised to JSON by orjson, all rows of a batch at once
 EventRow = tuple[int, str, int, str, int, object, str, str | None, float]
-# key, fingerprint, position
-KeyRow = tuple[str, str, int]
+# key, fingerprint, position, command_id (of the command that first used the key)
+KeyRow = tuple[str, str, int, str]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -71,23 +71,40 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS idempotency (
     key         TEXT PRIMARY KEY,
     fingerprint TEXT    NOT NULL,
-    position    INTEGER NOT NULL
+    position    INTEGER NOT NULL,
+    command_id  TEXT    NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE VIEW IF NOT EXISTS append_batch (events, keys) AS SELECT NULL, NULL;
-CREATE TRIGGER IF NOT EXISTS append_batch_insert INSTEAD OF INSERT ON append_batch BEGIN
+INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');
+INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', lower(hex(randomblob(16))));
+"""
+# Made anew at every open (after any migration), so a log written by an older version gets this body.
+_TRIGGER: Final = """
+BEGIN;
+DROP TRIGGER IF EXISTS append_batch_insert;
+CREATE TRIGGER append_batch_insert INSTEAD OF INSERT ON append_batch BEGIN
     INSERT INTO events (position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at)
         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
                value ->> 7, value ->> 8
         FROM json_each(NEW.events);
-    INSERT INTO idempotency (key, fingerprint, position)
-        SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(NEW.keys);
+    INSERT INTO idempotency (key, fingerprint, position, command_id)
+        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(NEW.keys);
 END;
-INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');
-INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', lower(hex(randomblob(16))));
+COMMIT;
+"""
+# A log created before idempotency keys stored their command's id: add the column, and fill it from the
+# events the key produced (a keyed command that emitted no event has no row to take it from: it stays '').
+_MIGRATE_KEYS: Final = """
+ALTER TABLE idempotency ADD COLUMN command_id TEXT NOT NULL DEFAULT '';
+UPDATE idempotency SET command_id = COALESCE(
+    (SELECT e.command_id FROM events AS e
+     WHERE e.position = idempotency.position AND e.idempotency_key = idempotency.key),
+    ''
+);
 """
 
 _MIN_SQLITE: Final = (3, 38, 0)  # the ->> operator used by the append trigger
@@ -112,6 +129,7 @@ _SELECT_STREAM: Final = f"SELECT {_CHUNK_COLUMNS} FROM (SELECT * FROM events WHE
 class StoredKey:
     fingerprint: str
     position: int
+    command_id: str  # of the command that first used the key; '' if a pre-migration log did not record it
 
 
 def decode_chunk(text: str | bytes | None, events: TypeRegistry) -> list[RecordedEvent]:
@@ -244,6 +262,10 @@ class EventLog:
             self._conn = await _connect(self.path, read_only=False, synchronous=self._synchronous)
             try:
                 await self._conn.executescript(_SCHEMA)
+                columns = await self._conn.execute_fetchall("SELECT name FROM pragma_table_info('idempotency')")
+                if "command_id" not in {str(name) for (name,) in columns}:
+                    await self._conn.executescript(f"BEGIN; {_MIGRATE_KEYS} COMMIT;")
+                await self._conn.executescript(_TRIGGER)
                 await self._conn.commit()
                 rows = await self._conn.execute_fetchall("SELECT value FROM meta WHERE name = 'log_id'")
                 self.log_id = str(next(iter(rows))[0])
@@ -320,9 +342,9 @@ class EventLog:
         return int(row[0]) if row is not None else 0
 
     async def keys(self) -> dict[str, StoredKey]:
-        """Every idempotency key with its fingerprint and position (loaded once, at recovery)."""
-        rows = await self._c.execute_fetchall("SELECT key, fingerprint, position FROM idempotency")
-        return {k: StoredKey(fingerprint=f, position=p) for k, f, p in rows}
+        """Every idempotency key with its fingerprint, position and command id (loaded once, at recovery)."""
+        rows = await self._c.execute_fetchall("SELECT key, fingerprint, position, command_id FROM idempotency")
+        return {k: StoredKey(fingerprint=f, position=p, command_id=c) for k, f, p, c in rows}
 
 
 @final
