@@ -40,7 +40,7 @@ import pickle
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, final
 
 import anyio
 import orjson
@@ -57,23 +57,35 @@ from ._errors import (
 )
 from ._gc import gc_paused
 from ._guard import SingleWriterGuard
-from ._log import EventLog, EventRow, KeyRow, LogReader, StoredKey
+from ._log import EventRow, KeyRow, LogReader, StoredKey
 from ._messages import Batch, Receipt, RecordedEvent, TypeRegistry, fingerprint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
 
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ._domain import Domain
 
-__all__ = ["Writer", "WriterStatistics"]
+__all__ = ["WriteLog", "Writer", "WriterStatistics"]
 
 _log = structlog.get_logger("soloist.writer")
 _ABSENT: Final = object()
 
 Undo = list[tuple[str, object, int]]  # (stream, old state or _ABSENT, old version), in the order applied
+
+
+class WriteLog(Protocol):
+    """What the writer needs of the log. :class:`EventLog` is the implementation; tests wrap it."""
+
+    @property
+    def path(self) -> Path: ...
+
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None: ...
+
+    async def keys(self) -> dict[str, StoredKey]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,7 +160,7 @@ class Writer:
     def __init__(
         self,
         domain: Domain[Any],
-        log: EventLog,
+        log: WriteLog,
         *,
         commands: TypeRegistry,
         events: TypeRegistry,

@@ -113,6 +113,7 @@ class TestIdempotency:
         assert again.duplicate
         assert not first.duplicate
         assert again.position == first.position == 2
+        assert again.command_id == first.command_id  # the original command's id, not a new one
         assert len(log_rows(db)) == 2
 
     async def test_same_key_other_command_conflicts(self, open_app: AppFactory) -> None:
@@ -136,17 +137,18 @@ class TestIdempotency:
     async def test_keys_survive_restart(self, open_app: AppFactory, db: Path) -> None:
         """Keys are stored with their events, so a retry after a restart is still a duplicate."""
         async with open_app() as app:
-            await app.execute(Open(account="a"), idempotency_key="open-a")
+            first = await app.execute(Open(account="a"), idempotency_key="open-a")
         async with open_app() as app:
             again = await app.execute(Open(account="a"), idempotency_key="open-a")
             assert again.duplicate
             assert again.position == 1
+            assert again.command_id == first.command_id
         assert len(log_rows(db)) == 1
 
 
 class TestBackpressure:
     async def test_full_queue_is_overloaded_and_bounded(self, open_app: AppFactory) -> None:
-        """Offering far more than the capacity without yielding: `capacity` (+1 in the actor) taken, the rest Overloaded."""
+        """Offering far more than the capacity without yielding: `capacity` (+1) are taken, the rest Overloaded."""
         async with open_app(queue_capacity=64) as app:
             await app.execute(Open(account="a"))
             tracemalloc.start()
