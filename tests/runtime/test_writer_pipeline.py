@@ -12,14 +12,21 @@ import asyncio
 import dataclasses
 import pickle
 import sqlite3
+import tempfile
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from soloist import (
     ActorStopped,
+    App,
     Batch,
     DomainError,
     EventLog,
@@ -29,11 +36,10 @@ from soloist import (
     TypeRegistry,
 )
 from soloist._writer import Writer
-from tests.toy import BANK, Account, Deposit, Open, Withdraw
+from tests.toy import BANK, Account, Deposit, Open, Transfer, Withdraw
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
-    from pathlib import Path
 
     from soloist._log import EventRow, KeyRow, StoredKey
 
@@ -339,6 +345,58 @@ class TestPendingKeys:
         rows = log_rows(db)
         assert [(p, k) for p, _, _, k in rows] == [(1, None), (2, "k"), (3, None)]
         assert rows[1][2] == first.command_id
+
+
+commands = st.one_of(
+    st.builds(Open, account=st.sampled_from("abc")),
+    st.builds(Deposit, account=st.sampled_from("abcd"), amount=st.integers(-2, 5)),
+    st.builds(Withdraw, account=st.sampled_from("abc"), amount=st.integers(0, 6)),
+    st.builds(Transfer, source=st.sampled_from("abc"), target=st.sampled_from("abcd"), amount=st.integers(-1, 6)),
+)
+
+
+class TestPipelineProperty:
+    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        waves=st.lists(st.lists(commands, min_size=1, max_size=6), min_size=2, max_size=6),
+        failing=st.sets(st.integers(1, 4), max_size=2),
+        retries=st.booleans(),
+    )
+    def test_acknowledged_is_exactly_the_log_under_failing_commits(
+        self, waves: list[list[object]], failing: set[int], retries: bool
+    ) -> None:
+        """Waves overlap with commits, some commits fail: acks match the log, memory equals a rebuild from it."""
+
+        async def scenario(db: Path) -> None:
+            submitted: list[tuple[str, asyncio.Future[Receipt]]] = []
+            async with serving(db, Probe()) as (writer, log, published, _):
+                log.failing.update(failing)
+                for i, wave in enumerate(waves):
+                    for j, command in enumerate(wave):
+                        key = f"k{j}" if retries else f"k{i}-{j}"  # retries: the same keys again in every wave
+                        submitted.append((key, writer.submit_nowait(command, idempotency_key=key)))
+                    for _ in range(2):  # the actor decides this wave, the committer starts its commit
+                        await anyio.lowlevel.checkpoint()
+                results = await settle([future for _, future in submitted])
+                live, position = dict(writer.states), writer.position
+            rows = log_rows(db)
+            assert [p for p, *_ in rows] == list(range(1, len(rows) + 1))
+            assert position == len(rows)
+            assert positions(published) == list(range(1, len(rows) + 1))
+            last_of = {key: p for p, _, _, key in rows}
+            ids_of = {key: command_id for _, _, command_id, key in rows}
+            for (key, _), result in zip(submitted, results, strict=True):
+                if isinstance(result, Receipt) and (result.events or result.duplicate):
+                    assert last_of[key] == result.position  # acknowledged => durable, at that position
+                    assert ids_of[key] == result.command_id  # a duplicate names the original command
+                elif not isinstance(result, Receipt) and not retries:
+                    assert key not in last_of  # rejected or failed: nothing of it is in the log
+            async with App(BANK, db, replicas=1) as again:
+                assert dict(again.writer.states) == live
+                assert again.position == position
+
+        with tempfile.TemporaryDirectory() as tmp:
+            uvloop.run(scenario(Path(tmp) / "log.db"))
 
 
 # The schema of a log written before idempotency keys stored their command_id.
