@@ -347,6 +347,16 @@ class TestPendingKeys:
         assert rows[1][2] == first.command_id
 
 
+class TestGuard:
+    async def test_a_second_run_is_refused(self, db: Path) -> None:
+        """The single-writer guard is held for the whole run: a second run raises BusyResourceError."""
+        async with serving(db, Probe()) as (writer, _, _, _):
+            with anyio.fail_after(10), pytest.raises(anyio.BusyResourceError, match="decide/commit path"):
+                await writer.run()
+            with anyio.fail_after(10):
+                assert (await writer.submit(Open(account="a"))).position == 1
+
+
 commands = st.one_of(
     st.builds(Open, account=st.sampled_from("abc")),
     st.builds(Deposit, account=st.sampled_from("abcd"), amount=st.integers(-2, 5)),
