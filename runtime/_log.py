@@ -91,8 +91,8 @@ CREATE TRIGGER append_batch_insert INSTEAD OF INSERT ON append_batch BEGIN
         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6,
                value ->> 7, value ->> 8
         FROM json_each(NEW.events);
-    INSERT INTO idempotency (key, fingerprint, position, command_id)
-        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(NEW.keys);
+    INSERT INTO idempotency (key, fingerprint, position, command_id)  -- '' for a 3-field key (older code)
+        SELECT value ->> 0, value ->> 1, value ->> 2, COALESCE(value ->> 3, '') FROM json_each(NEW.keys);
 END;
 COMMIT;
 """

@@ -443,5 +443,7 @@ class TestKeyMigration:
             assert (keys["open-a"].command_id, keys["noop"].command_id) == ("cmd-1", "")
             await log.append([], [("new", "fp-new", 1, "cmd-2")])
             assert (await log.keys())["new"].command_id == "cmd-2"
+            await log.append([], [("three", "fp", 1)])  # type: ignore[list-item]  # older code's 3-field key
+            assert (await log.keys())["three"].command_id == ""
         async with EventLog(db) as log:  # opening again changes nothing
             assert (await log.keys())["open-a"].command_id == "cmd-1"
