@@ -27,7 +27,7 @@ from ._broadcast import Broadcast, Subscription, SubscriptionStatistics
 from ._errors import Closed, CQRSError, LogCorrupted, NotWriter
 from ._gc import gc_paused
 from ._guard import SingleWriterGuard
-from ._log import EventLog, EventRow, LogReader, LogScanner, Synchronous, check_contiguous
+from ._log import EventLog, LogReader, LogScanner, Synchronous, check_contiguous
 from ._messages import Answer, Batch, Receipt, RecordedEvent, TypeRegistry, encode
 from ._queries import Consistency, QueryRouter
 from ._replica import Replica, ReplicaStatistics
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from ._domain import Domain
+    from ._store import EventRow
 
 __all__ = ["App", "AppStatistics"]
 

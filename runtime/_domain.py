@@ -51,7 +51,11 @@ class Domain(Generic[S, C, E, Q]):
 
     - ``decide(states, command) -> events``: pure; ``states`` maps stream id -> that stream's state
       (absent = no events yet). Raises one of ``errors``' keys to reject.
-    - ``evolve(state | None, event) -> state``: pure; the new state of ``stream_of(event)``.
+    - ``evolve(state | None, event) -> state``: pure; the new state of ``stream_of(event)`` (the stream the
+      event belongs to and is versioned in), and of each stream ``affects(event)`` names.
+    - ``affects(event) -> streams``: optional; the streams *besides its own* whose state the event also
+      changes. The single writer sees every stream, so one event may keep several streams' write models
+      in step (the shop's ``OrderPlaced`` takes stock from its products) instead of one event per stream.
     - ``read_models()``: a fresh :class:`ReadModels` for one replica.
     - ``errors``: domain exception class -> runtime error class (e.g. ``RuleViolation -> DomainError``).
     - ``seed``: commands to run when the log is empty (used by ``soloist serve``).
@@ -69,6 +73,7 @@ class Domain(Generic[S, C, E, Q]):
     errors: Mapping[type[Exception], type[CQRSError]] = field(default_factory=dict)
     states: Sequence[type] = ()  # the write-model state classes (Structs): lets the writer checkpoint its model
     seed: Callable[[], Sequence[object]] | None = None
+    affects: Callable[[E], Sequence[str]] | None = None
 
     def translate(self, exc: Exception) -> CQRSError | None:
         """The runtime error for a domain exception, or None if the domain did not declare it."""

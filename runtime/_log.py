@@ -27,7 +27,6 @@ import operator
 import sqlite3
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final, Literal, TypeVar, cast, final
 
@@ -37,6 +36,7 @@ import msgspec
 from ._errors import LogCorrupted, PersistenceError, WriterLocked, translate_sqlite_error
 from ._gc import gc_paused
 from ._messages import RecordedEvent, TypeRegistry
+from ._store import EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
     import os
@@ -48,11 +48,6 @@ T = TypeVar("T")
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-# position, stream, version, type, schema, data (the event's JSON, encoded by the writer), command_id,
-# idempotency_key, recorded_at -- the rows of a batch go to SQLite as one JSON array (data embedded raw)
-EventRow = tuple[int, str, int, str, int, bytes, str, str | None, float]
-# key, fingerprint, position
-KeyRow = tuple[str, str, int]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS events (
@@ -70,7 +65,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS idempotency (
     key         TEXT PRIMARY KEY,
     fingerprint TEXT    NOT NULL,
-    position    INTEGER NOT NULL
+    position    INTEGER NOT NULL,
+    command_id  TEXT    NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
@@ -79,13 +75,23 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');
 INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', lower(hex(randomblob(16))));
 """
+# A log created before idempotency keys stored their command's id: add the column, and fill it from the
+# events the key produced (a keyed command that emitted no event has no row to take it from: it stays '').
+_MIGRATE_KEYS: Final = """
+ALTER TABLE idempotency ADD COLUMN command_id TEXT NOT NULL DEFAULT '';
+UPDATE idempotency SET command_id = COALESCE(
+    (SELECT e.command_id FROM events AS e
+     WHERE e.position = idempotency.position AND e.idempotency_key = idempotency.key),
+    ''
+);
+"""
 
 _MIN_SQLITE: Final = (3, 38, 0)  # JSON functions built in (the chunk reads use json_group_array)
 _INSERT_EVENT: Final = (
     "INSERT INTO events (position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_KEY: Final = "INSERT INTO idempotency (key, fingerprint, position) VALUES (?, ?, ?)"
+_INSERT_KEY: Final = "INSERT INTO idempotency (key, fingerprint, position, command_id) VALUES (?, ?, ?, ?)"
 # A chunk as ONE row holding a JSON array of rows (one step, see the module docstring). The event body
 # is embedded as JSON (json(data)); recorded_at goes through %!.17g so the double round-trips exactly.
 _CHUNK_COLUMNS: Final = (
@@ -96,12 +102,6 @@ _SELECT_FROM: Final = (
     f"SELECT {_CHUNK_COLUMNS} FROM (SELECT * FROM events WHERE position > ? ORDER BY position LIMIT ?)"
 )
 _SELECT_STREAM: Final = f"SELECT {_CHUNK_COLUMNS} FROM (SELECT * FROM events WHERE stream = ? ORDER BY version)"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoredKey:
-    fingerprint: str
-    position: int
 
 
 # A stored row as the chunk query returns it, the event's JSON left undecoded until its type is known.
@@ -235,6 +235,9 @@ class EventLog:
         conn = self._c
         try:
             conn.executescript(_SCHEMA)
+            columns = {str(name) for (name,) in conn.execute("SELECT name FROM pragma_table_info('idempotency')")}
+            if "command_id" not in columns:
+                conn.executescript(f"BEGIN; {_MIGRATE_KEYS} COMMIT;")
             row = conn.execute("SELECT value FROM meta WHERE name = 'log_id'").fetchone()
         except sqlite3.Error as exc:
             raise translate_sqlite_error(exc, what=f"creating the schema of {self.path}") from exc
@@ -355,11 +358,13 @@ class EventLog:
         return int(cast("int", rows[0][0]))
 
     async def keys(self) -> dict[str, StoredKey]:
-        """Every idempotency key with its fingerprint and position (loaded once, at recovery)."""
+        """Every idempotency key with its fingerprint, position and command id (loaded once, at recovery)."""
         rows = await self._on_thread(
-            lambda: self._execute("SELECT key, fingerprint, position FROM idempotency", f"reading keys of {self.path}")
+            lambda: self._execute(
+                "SELECT key, fingerprint, position, command_id FROM idempotency", f"reading keys of {self.path}"
+            )
         )
-        return {str(k): StoredKey(fingerprint=str(f), position=cast("int", p)) for k, f, p in rows}
+        return {str(k): StoredKey(str(f), cast("int", p), str(c)) for k, f, p, c in rows}
 
 
 @final

@@ -4,10 +4,6 @@ Temporary shape, to be folded into ``_log.py`` (which another change is rewritin
 into the App and the writer. Until then it adapts, without changing ``_log.py``:
 
 - Event bodies arrive as JSON bytes, as ``EventLog.append`` takes them.
-- Keys carry the command id; today's ``idempotency`` table has no column for it, so it is stored after
-  the fingerprint, separated by U+001F (fingerprints are hex digests). A key written by today's writer
-  (no separator) reads back with an empty command id. Folding this into ``_log.py`` means a
-  ``command_id`` column instead.
 - ``LogReader`` decodes with a ``TypeRegistry``; an empty one keeps the parsed JSON, which is encoded
   again here for the port's decoder (which takes bytes and the schema version). That costs one
   encoding per event read, until the fold, where the chunk's rows hand each body over as it is.
@@ -18,22 +14,20 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, final
 
 from ._errors import ConcurrencyError, PersistenceError
 from ._log import EventLog, LogReader, Synchronous
 from ._messages import TypeRegistry, encode
-from ._store import EventDecoder, EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
     import os
     from collections.abc import Sequence
 
     from ._messages import RecordedEvent
+    from ._store import EventDecoder, EventRow, KeyRow, StoredKey
 
 __all__ = ["SQLiteStore"]
-
-_SEPARATOR: Final = "\x1f"
 
 
 @final
@@ -72,9 +66,8 @@ class SQLiteStore:
         await self.aclose()
 
     async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
-        stored = [(key, f"{fp}{_SEPARATOR}{command_id}", position) for key, fp, position, command_id in keys]
         try:
-            await self._log.append(rows, stored)
+            await self._log.append(rows, keys)
         except PersistenceError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 span = f"positions {rows[0][0]}..{rows[-1][0]}" if rows else "no events"
@@ -100,8 +93,4 @@ class SQLiteStore:
         return await self._log.head()
 
     async def keys(self) -> dict[str, StoredKey]:
-        out: dict[str, StoredKey] = {}
-        for key, stored in (await self._log.keys()).items():
-            fingerprint, _, command_id = stored.fingerprint.partition(_SEPARATOR)
-            out[key] = StoredKey(fingerprint, stored.position, command_id)
-        return out
+        return await self._log.keys()

@@ -1,13 +1,34 @@
-"""The single-writer actor: bounded mailbox -> decide serially -> group commit -> acknowledge -> publish.
+"""The single-writer actor, pipelined: batch N+1 is decided and encoded while batch N is made durable.
 
-One task owns the write model (``stream id -> state``, rebuilt from the log at start) and the only
-write connection. Each turn it drains everything waiting in its mailbox (up to ``max_batch``), decides
-every command in order against the state left by the previous one, appends all the batch's events in
-one transaction, and only then resolves the submitters' futures with a :class:`Receipt` and hands the
-batch to the broadcast.
+One writer owns the write model (``stream id -> state``, rebuilt from the log at start) and the only
+write connection. :meth:`Writer.run` runs two tasks in one task group::
 
-If the commit fails, every command of the batch gets the :class:`PersistenceError`, nothing is
-acknowledged, and an undo journal puts the in-memory state back where the last commit left it.
+    mailbox (bounded) --> actor: drain up to max_batch commands; decide each, in order, against the
+       |                  *speculative* state (the last commit + every batch decided since); evolve;
+       |                  encode the rows; keep one undo journal per batch
+       v
+    decided batches (bounded: at most max_undurable commands decided and not yet durable)
+       |
+       v
+    committer: take ALL decided batches that wait (while one commit runs the next group grows: group
+       |       commit under load) --> EventLog.append: one statement, one transaction, fsync
+       v
+    durable: the position advances, the group's idempotency keys join the durable map, the futures
+       |     are resolved in position order (each command only once its own batch is durable)
+       v
+    publish(batch): queries never see an undurable event
+
+- Backpressure: with ``max_undurable`` commands undurable the actor stops draining the mailbox, which
+  fills; submitters then wait or get :class:`Overloaded`.
+- Idempotency: the keys of undurable batches are visible to later decisions, so a retry in the next
+  batch is a duplicate of the pending command. It is answered (with that command's id and position)
+  when its own batch, which comes later, is durable; if the first one's batch fails, so does its own.
+- A failed commit fails its commands with the :class:`PersistenceError`, and every batch decided on top
+  of it with an error of the same class saying so; their undo journals are replayed newest first, so
+  memory returns to the last durable state, and their pending keys vanish. The writer goes on serving,
+  deciding the next commands against the durable state.
+- If the writer dies (cancelled, crashed), every command queued, decided or in the commit gets
+  :class:`Broken`: nobody waits forever.
 """
 
 from __future__ import annotations
@@ -16,8 +37,9 @@ import asyncio
 import itertools
 import os
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, final
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, final
 
 import anyio
 import msgspec
@@ -36,32 +58,47 @@ from ._errors import (
 )
 from ._gc import gc_paused
 from ._guard import SingleWriterGuard
-from ._log import EventLog, EventRow, KeyRow, LogReader, StoredKey
 from ._messages import Batch, Receipt, RecordedEvent, TypeRegistry, encode, fingerprint
+from ._store import EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
 
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ._domain import Domain
+    from ._log import LogReader
 
-__all__ = ["Writer", "WriterStatistics"]
+__all__ = ["WriteLog", "Writer", "WriterStatistics"]
 
 _log = structlog.get_logger("soloist.writer")
 _decode_checkpoint: Final = msgspec.json.Decoder(list[tuple[str, int, str, msgspec.Raw]]).decode
 _ABSENT: Final = object()
 
+Undo = list[tuple[str, object, int]]  # (stream, old state or _ABSENT, old version), in the order applied
+
+
+class WriteLog(Protocol):
+    """What the writer needs of the log. :class:`EventLog` is the implementation; tests wrap it."""
+
+    @property
+    def path(self) -> Path: ...
+
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None: ...
+
+    async def keys(self) -> dict[str, StoredKey]: ...
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WriterStatistics:
-    position: int
+    position: int  # durable
     queue_depth: int
     queue_peak: int
     queue_capacity: int
-    batches: int
-    batch_size_last: int
+    batches: int  # transactions (a commit takes every decided batch that waits)
+    batch_size_last: int  # commands per transaction
     batch_size_max: int
     batch_size_mean: float
     commit_ms_last: float
@@ -69,6 +106,8 @@ class WriterStatistics:
     rejected: int
     duplicates: int
     failed: int
+    undurable: int = 0  # commands decided, not yet durable
+    undurable_peak: int = 0
 
 
 class _Submission(NamedTuple):  # one per command on the hot path: a NamedTuple builds 5x faster
@@ -76,6 +115,20 @@ class _Submission(NamedTuple):  # one per command on the hot path: a NamedTuple 
     type_name: str
     key: str | None
     future: asyncio.Future[Receipt]
+
+
+@dataclass(eq=False, slots=True)
+class _Decided:
+    """One decided batch, waiting to be (or being) made durable."""
+
+    commands: int
+    position: int = 0  # the speculative head after this batch
+    rows: list[EventRow] = field(default_factory=list)
+    objects: list[object] = field(default_factory=list)  # the domain events, aligned with rows
+    key_rows: list[KeyRow] = field(default_factory=list)
+    keys: list[tuple[str, StoredKey]] = field(default_factory=list)
+    undo: Undo = field(default_factory=list)
+    outcomes: list[tuple[_Submission, Receipt | CQRSError]] = field(default_factory=list)
 
 
 class _Counters:
@@ -90,22 +143,27 @@ class _Counters:
         "failed",
         "peak",
         "rejected",
+        "undurable_peak",
     )
 
     def __init__(self) -> None:
         self.batches = self.commands = self.batch_last = self.batch_max = self.peak = 0
-        self.accepted = self.rejected = self.duplicates = self.failed = 0
+        self.accepted = self.rejected = self.duplicates = self.failed = self.undurable_peak = 0
         self.commit_ms = 0.0
 
 
 @final
 class Writer:
-    """The one task that decides commands and appends to the log. Start it with ``await tg.start(w.run)``."""
+    """The one writer: decides commands and appends to the log. Start it with ``await tg.start(w.run)``.
+
+    ``max_undurable`` bounds the commands decided but not yet durable (default ``2 * max_batch``: one
+    group in the commit, one growing behind it).
+    """
 
     def __init__(
         self,
         domain: Domain[Any, Any, Any, Any],
-        log: EventLog,
+        log: WriteLog,
         *,
         commands: TypeRegistry,
         events: TypeRegistry,
@@ -113,13 +171,19 @@ class Writer:
         capacity: int = 8192,
         max_batch: int = 1024,
         states: TypeRegistry | None = None,
+        max_undurable: int | None = None,
     ) -> None:
-        if capacity < 1 or max_batch < 1:
-            raise ValueError(f"capacity ({capacity}) and max_batch ({max_batch}) must be at least 1")
+        if max_undurable is None:
+            max_undurable = 2 * max_batch
+        if capacity < 1 or max_batch < 1 or max_undurable < 1:
+            raise ValueError(
+                f"capacity ({capacity}), max_batch ({max_batch}) and max_undurable ({max_undurable}) must be at least 1"
+            )
         self._domain = domain
         self._decide = domain.decide
         self._evolve = domain.evolve
         self._stream_of = domain.stream_of
+        self._affects = domain.affects
         self._log = log
         self._commands = commands
         self._events = events
@@ -127,13 +191,22 @@ class Writer:
         self._publish = publish
         self._capacity = capacity
         self._max_batch = max_batch
-        self._states: dict[str, object] = {}
+        self._max_undurable = max_undurable
+        self._states: dict[str, object] = {}  # speculative: includes the batches decided, not yet durable
         self._versions: dict[str, int] = {}
-        self._keys: dict[str, StoredKey] = {}
-        self._position = 0
+        self._keys: dict[str, StoredKey] = {}  # durable
+        self._pending_keys: dict[str, StoredKey] = {}  # of decided batches not yet durable
+        self._position = 0  # durable
+        self._head = 0  # speculative: the position the next decided event takes is _head + 1
+        self._pending: deque[_Decided] = deque()  # decided, waiting for the committer
+        self._inflight: list[_Decided] = []  # in the commit running now
+        self._undurable = 0  # commands in _pending and _inflight
+        self._draining = False
+        # asyncio events (the futures are asyncio's too): made once, cleared and set, no allocation per wait
+        self._wake = asyncio.Event()  # the committer: something was decided, or the actor is done
+        self._room = asyncio.Event()  # the actor: a commit finished, undurable commands went down
         self._guard = SingleWriterGuard("the writer's decide/commit path")
         self._send: MemoryObjectSendStream[_Submission] | None = None
-        self._receive: MemoryObjectReceiveStream[_Submission] | None = None
         self._stats = _Counters()
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}-{time.time_ns():x}-"
@@ -142,12 +215,13 @@ class Writer:
 
     @property
     def position(self) -> int:
-        """The last committed global position."""
+        """The last durable global position."""
         return self._position
 
     @property
     def states(self) -> Mapping[str, object]:
-        """The write model (read-only view; for tests and diagnostics)."""
+        """The write model, speculative: it includes batches decided but not yet durable (read-only view;
+        for tests and diagnostics)."""
         return self._states
 
     def statistics(self) -> WriterStatistics:
@@ -167,6 +241,8 @@ class Writer:
             rejected=s.rejected,
             duplicates=s.duplicates,
             failed=s.failed,
+            undurable=self._undurable,
+            undurable_peak=s.undurable_peak,
         )
 
     async def recover(self, reader: LogReader, snapshot: tuple[int, bytes] | None = None) -> None:
@@ -193,7 +269,7 @@ class Writer:
             _log.warning("writer_checkpoint_rejected", position=snapshot[0], reason=f"{type(exc).__name__}: {exc}")
             return 0
         self._states, self._versions = states, versions
-        self._position = snapshot[0]
+        self._position = self._head = snapshot[0]
         return self._position
 
     def _load_checkpoint(self, body: bytes) -> tuple[dict[str, object], dict[str, int]]:
@@ -209,20 +285,28 @@ class Writer:
         return states, versions
 
     def replay(self, chunk: Sequence[RecordedEvent]) -> None:
-        """Evolve committed events (in order, after :attr:`position`) into the write model; checks versions."""
+        """Evolve committed events (in order, after :attr:`position`) into the write model; checks versions.
+
+        For the start, before :meth:`run`: nothing may be decided and undurable.
+        """
         states, versions, evolve, stream_of = self._states, self._versions, self._evolve, self._stream_of
+        affects = self._affects
         with gc_paused():
             for event in chunk:
                 stream = event.stream
-                if stream_of(event.data) != stream or versions.get(stream, 0) + 1 != event.version:
+                data = event.data
+                if stream_of(data) != stream or versions.get(stream, 0) + 1 != event.version:
                     raise LogCorrupted(
                         f"{self._log.path}: event at position {event.position} is version {event.version} "
                         f"of {stream!r}, expected {versions.get(stream, 0) + 1}"
                     )
-                states[stream] = evolve(states.get(stream), event.data)
+                states[stream] = evolve(states.get(stream), data)
                 versions[stream] = event.version
+                if affects is not None:
+                    for other in affects(data):
+                        states[other] = evolve(states.get(other), data)
         if chunk:
-            self._position = chunk[-1].position
+            self._position = self._head = chunk[-1].position
 
     async def load_keys(self) -> None:
         """Load every idempotency key (written with its events, so always in step with the log)."""
@@ -242,14 +326,17 @@ class Writer:
     def checkpoint(self) -> tuple[int, Callable[[], bytes]] | None:
         """The write model as of the last commit: ``(position, serialise)``; None if it cannot be saved.
 
-        Taken between batches, so it matches the log at ``position``. States are immutable values, so a
-        shallow copy of the two dicts is a consistent checkpoint; ``serialise`` (JSON: one
-        ``[stream, version, state type, state]`` row per stream, decoded by the domain's state types) may
-        then run in a worker thread while the writer goes on.
+        Matches the log at ``position``: the batches decided but not yet durable are taken out of the copy
+        with their undo journals (newest first). States are immutable values, so shallow copies of the two
+        dicts are a consistent checkpoint; ``serialise`` (JSON: one ``[stream, version, state type, state]``
+        row per stream, decoded by the domain's state types) may then run in a worker thread while the
+        writer goes on.
         """
         if self._state_types is None:
             return None
         states, versions, name_of = dict(self._states), dict(self._versions), self._state_types.name_of
+        for decided in reversed([*self._inflight, *self._pending]):
+            _undo(states, versions, list(decided.undo), 0)
 
         def serialise() -> bytes:
             return encode([(stream, versions[stream], name_of(state), state) for stream, state in states.items()])
@@ -325,42 +412,78 @@ class Writer:
         if self._send is not None:
             self._send.close()
 
-    # -- the actor ------------------------------------------------------------------------------------
+    # -- the actor and the committer ------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve the mailbox until :meth:`close`, then drain what is queued and return."""
-        send, receive = anyio.create_memory_object_stream[_Submission](self._capacity)
-        self._send, self._receive = send, receive
-        max_batch = self._max_batch
-        stats = self._stats
+        """Serve the mailbox until :meth:`close`, then decide and commit what is queued, and return."""
+        with self._guard:  # one run at a time: a second one raises BusyResourceError
+            send, receive = anyio.create_memory_object_stream[_Submission](self._capacity)
+            self._send = send
+            self._draining = False
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._commit_loop)
+                    task_status.started()
+                    await self._decide_loop(receive)
+            finally:
+                self._send = None
+                send.close()
+                self._fail_queued(receive)
+                receive.close()
+                self._abandon_undurable()
+
+    async def _decide_loop(self, receive: MemoryObjectReceiveStream[_Submission]) -> None:
+        """The actor: decide a batch as soon as commands wait, while the undurable amount has room."""
+        max_batch, max_undurable = self._max_batch, self._max_undurable
+        stats, pending, room, wake = self._stats, self._pending, self._room, self._wake
         try:
-            async with receive:
-                task_status.started()
-                while True:
+            while True:
+                while self._undurable >= max_undurable:  # backpressure: the mailbox fills meanwhile
+                    room.clear()
+                    await room.wait()
+                try:
+                    first = receive.receive_nowait()
+                except anyio.WouldBlock:
                     try:
-                        first = receive.receive_nowait()
-                    except anyio.WouldBlock:
-                        try:
-                            first = await receive.receive()
-                        except anyio.EndOfStream:
-                            return
+                        first = await receive.receive()
                     except anyio.EndOfStream:
                         return
-                    batch = [first]
-                    depth = 1 + receive.statistics().current_buffer_used
-                    if depth > stats.peak:
-                        stats.peak = depth
-                    try:
-                        while len(batch) < max_batch:
-                            batch.append(receive.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        pass
-                    with self._guard:
-                        await self._process(batch)
+                except anyio.EndOfStream:
+                    return
+                batch = [first]
+                depth = 1 + receive.statistics().current_buffer_used
+                if depth > stats.peak:
+                    stats.peak = depth
+                limit = min(max_batch, max_undurable - self._undurable)  # a failed commit may have freed room
+                try:
+                    while len(batch) < limit:
+                        batch.append(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    pass
+                pending.append(self._decide_batch(batch))
+                self._undurable += len(batch)
+                if self._undurable > stats.undurable_peak:
+                    stats.undurable_peak = self._undurable
+                wake.set()
         finally:
-            self._send = None
-            send.close()
-            self._fail_queued(receive)
+            self._draining = True  # the committer returns once everything decided is committed
+            wake.set()
+
+    async def _commit_loop(self) -> None:
+        """The committer: make decided batches durable strictly in order, all that wait in one transaction."""
+        pending, wake, room = self._pending, self._wake, self._room
+        while True:
+            if not pending:
+                if self._draining:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            group = self._inflight = list(pending)
+            pending.clear()
+            await self._commit(group)
+            self._inflight = []
+            room.set()
 
     def _fail_queued(self, receive: MemoryObjectReceiveStream[_Submission]) -> None:
         """If the actor dies (cancelled, crashed), nobody queued may wait forever."""
@@ -372,20 +495,29 @@ class Writer:
             if not sub.future.done():
                 sub.future.set_exception(Broken("the writer stopped before deciding this command"))
 
-    async def _process(self, batch: list[_Submission]) -> None:
-        states, versions, keys = self._states, self._versions, self._keys
-        decide, evolve, stream_of = self._decide, self._evolve, self._stream_of
+    def _abandon_undurable(self) -> None:
+        """The writer stops with batches decided but not known to be durable: fail their commands, undo them."""
+        batches = [*self._inflight, *self._pending]
+        self._inflight = []
+        self._pending.clear()
+        if batches:
+            error = Broken(
+                "the writer stopped before this command's batch was known to be durable; it may or may not "
+                "be in the log: retry it with the same idempotency key"
+            )
+            self._roll_back(batches, error, error)
+
+    def _decide_batch(self, batch: list[_Submission]) -> _Decided:
+        """Decide, evolve and encode one batch against the speculative state (synchronous: no await)."""
+        states, versions = self._states, self._versions
+        durable_keys, pending_keys = self._keys, self._pending_keys
+        decide, evolve, stream_of, affects = self._decide, self._evolve, self._stream_of, self._affects
         name_of, schema_of = self._events.name_of, self._events.schema_of
         translate = self._domain.translate
         now = time.time()
-        position = start = self._position
-        rows: list[EventRow] = []
-        objects: list[object] = []  # the domain events, aligned with rows
-        key_rows: list[KeyRow] = []
-        batch_keys: dict[str, StoredKey] = {}
-        undo: list[tuple[str, object, int]] = []  # (stream, old state or _ABSENT, old version)
-        outcomes: list[tuple[_Submission, Receipt | CQRSError]] = []
-        stats = self._stats
+        position = start = self._head
+        decided = _Decided(len(batch))
+        rows, objects, undo, outcomes = decided.rows, decided.objects, decided.undo, decided.outcomes
         prefix = self._id_prefix
         ids = self._ids
         for sub in batch:
@@ -395,10 +527,11 @@ class Writer:
             try:
                 if key is not None:
                     fp = fingerprint(sub.type_name, sub.command)
-                    seen = batch_keys.get(key) or keys.get(key)
+                    seen = pending_keys.get(key) or durable_keys.get(key)
                     if seen is not None:
                         if seen.fingerprint == fp:
-                            outcomes.append((sub, Receipt(seen.position, command_id, 0, True)))
+                            # the original command's id ('' only for a key from a log older than the column)
+                            outcomes.append((sub, Receipt(seen.position, seen.command_id or command_id, 0, True)))
                         else:
                             outcomes.append((sub, IdempotencyConflict(key, seen.position)))
                         continue
@@ -415,6 +548,11 @@ class Writer:
                     undo.append((stream, old, old_version))
                     states[stream] = evolve(None if old is _ABSENT else old, event)
                     versions[stream] = old_version + 1
+                    if affects is not None:  # other streams whose state this event also changes
+                        for other in affects(event):
+                            previous = states.get(other, _ABSENT)
+                            undo.append((other, previous, versions.get(other, 0)))
+                            states[other] = evolve(None if previous is _ABSENT else previous, event)
                     position += 1
                     rows.append(
                         (
@@ -432,75 +570,103 @@ class Writer:
                     objects.append(event)
             except Exception as exc:
                 # A bug in evolve/encoding: undo this command only; the rest of the batch stands.
-                self._undo(undo, mark)
+                _undo(states, versions, undo, mark)
                 del rows[row_mark:], objects[row_mark:]
                 position = start + len(rows)
                 outcomes.append((sub, self._internal(exc, sub)))
                 continue
             if key is not None:
-                stored = StoredKey(fingerprint=fp, position=position)
-                batch_keys[key] = stored
-                key_rows.append((key, fp, position))
+                stored = StoredKey(fingerprint=fp, position=position, command_id=command_id)
+                pending_keys[key] = stored  # later decisions see it; it vanishes if this batch fails
+                decided.keys.append((key, stored))
+                decided.key_rows.append((key, fp, position, command_id))
             outcomes.append((sub, Receipt(position, command_id, len(rows) - row_mark)))
+        decided.position = self._head = position
+        return decided
 
-        commit_started = time.perf_counter()
-        wrote = bool(rows or key_rows)
-        if wrote:
+    async def _commit(self, group: list[_Decided]) -> None:
+        """Append the group in one transaction; then acknowledge and publish it, or roll everything back."""
+        if len(group) == 1:
+            rows, objects, key_rows = group[0].rows, group[0].objects, group[0].key_rows
+        else:
+            rows = [row for d in group for row in d.rows]
+            objects = [obj for d in group for obj in d.objects]
+            key_rows = [key_row for d in group for key_row in d.key_rows]
+        commands = sum(d.commands for d in group)
+        stats = self._stats
+        if rows or key_rows:
+            commit_started = time.perf_counter()
             try:
                 await self._log.append(rows, key_rows)
             except PersistenceError as exc:
-                self._undo(undo, 0)
-                stats.failed += len(batch)
-                _log.error("batch_commit_failed", commands=len(batch), events=len(rows), error=str(exc))
-                for sub, _ in outcomes:
-                    if not sub.future.done():
-                        sub.future.set_exception(exc)
+                on_top = list(self._pending)  # decided while this commit ran, on a state that is now gone
+                self._pending.clear()
+                _log.error(
+                    "batch_commit_failed",
+                    commands=commands,
+                    events=len(rows),
+                    decided_on_top=sum(d.commands for d in on_top),
+                    error=str(exc),
+                )
+                self._roll_back(group, exc, _on_top_of(exc), on_top)
                 return
+            stats.commit_ms = (time.perf_counter() - commit_started) * 1000
         committed_at = time.monotonic()
-        commit_ms = (time.perf_counter() - commit_started) * 1000
-        self._position = position
-        keys.update(batch_keys)
+        # durable: from here to the publish nothing awaits, so no decision sees a half-acknowledged group
+        self._position = group[-1].position
+        self._undurable -= commands
+        keys, pending_keys = self._keys, self._pending_keys
+        for d in group:
+            for key, stored in d.keys:
+                keys[key] = stored
+                del pending_keys[key]
         stats.batches += 1
-        stats.commands += len(batch)
-        stats.batch_last = len(batch)
-        if len(batch) > stats.batch_max:
-            stats.batch_max = len(batch)
-        if wrote:
-            stats.commit_ms = commit_ms
-        for sub, outcome in outcomes:
-            if isinstance(outcome, Receipt):
-                if outcome.duplicate:
-                    stats.duplicates += 1
+        stats.commands += commands
+        stats.batch_last = commands
+        if commands > stats.batch_max:
+            stats.batch_max = commands
+        for d in group:  # position order
+            for sub, outcome in d.outcomes:
+                if isinstance(outcome, Receipt):
+                    if outcome.duplicate:
+                        stats.duplicates += 1
+                    else:
+                        stats.accepted += 1
+                    if not sub.future.done():
+                        sub.future.set_result(outcome)
                 else:
-                    stats.accepted += 1
-                if not sub.future.done():
-                    sub.future.set_result(outcome)
-            else:
-                stats.rejected += 1
-                if not sub.future.done():
-                    sub.future.set_exception(outcome)
+                    stats.rejected += 1
+                    if not sub.future.done():
+                        sub.future.set_exception(outcome)
         _log.debug(
             "batch_committed",
-            commands=len(batch),
+            commands=commands,
+            batches=len(group),
             events=len(rows),
-            position=position,
-            commit_ms=round(commit_ms, 3),
+            position=self._position,
+            commit_ms=round(stats.commit_ms, 3),
         )
         if rows:
             self._publish(Batch(events=_recorded(rows, objects), committed_at=committed_at))
 
-    def _undo(self, undo: list[tuple[str, object, int]], mark: int) -> None:
+    def _roll_back(
+        self, failed: list[_Decided], error: CQRSError, on_top_error: CQRSError, on_top: Sequence[_Decided] = ()
+    ) -> None:
+        """Fail ``failed`` with ``error`` and ``on_top`` (decided after them) with ``on_top_error``; undo
+        both, newest first, back to the last durable state. Together they are every undurable batch."""
         states, versions = self._states, self._versions
-        for stream, old, old_version in reversed(undo[mark:]):
-            if old is _ABSENT:
-                states.pop(stream, None)
-            else:
-                states[stream] = old
-            if old_version:
-                versions[stream] = old_version
-            else:
-                versions.pop(stream, None)
-        del undo[mark:]
+        for decided in reversed([*failed, *on_top]):  # each journal was written on top of the batch before
+            _undo(states, versions, decided.undo, 0)
+        self._head = self._position
+        self._pending_keys.clear()
+        self._undurable = 0
+        self._room.set()
+        for batches, exc in ((failed, error), (on_top, on_top_error)):
+            for decided in batches:
+                self._stats.failed += decided.commands
+                for sub, _ in decided.outcomes:
+                    if not sub.future.done():
+                        sub.future.set_exception(exc)
 
     def _rejection(
         self, exc: Exception, sub: _Submission, translate: Callable[[Exception], CQRSError | None]
@@ -523,3 +689,25 @@ def _recorded(rows: list[EventRow], objects: list[object]) -> tuple[RecordedEven
         RecordedEvent(p, s, v, t, obj, at, c, k, sc)  # positional: the field order of RecordedEvent
         for (p, s, v, t, sc, _, c, k, at), obj in zip(rows, objects, strict=True)
     )
+
+
+def _undo(states: dict[str, object], versions: dict[str, int], undo: Undo, mark: int) -> None:
+    """Replay an undo journal backwards down to ``mark``, and cut it there."""
+    for stream, old, old_version in reversed(undo[mark:]):
+        if old is _ABSENT:
+            states.pop(stream, None)
+        else:
+            states[stream] = old
+        if old_version:
+            versions[stream] = old_version
+        else:
+            versions.pop(stream, None)
+    del undo[mark:]
+
+
+def _on_top_of(exc: PersistenceError) -> PersistenceError:
+    """The error for commands decided on top of a batch whose commit failed: the same class, saying so."""
+    message = f"not committed: decided on top of a batch whose commit failed ({exc})"
+    if type(exc).__init__ is PersistenceError.__init__:  # StorageFull, ReadOnlyStorage, ...: a message only
+        return type(exc)(message)
+    return PersistenceError(message)

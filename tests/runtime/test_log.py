@@ -34,10 +34,11 @@ class TestEventLog:
     async def test_append_and_read_back(self, db: Path) -> None:
         """A batch appended in one transaction reads back in order, decoded, by position and by stream."""
         async with EventLog(db) as log:
-            await log.append(rows(1, 5), [("key", "fp", 5)])
+            await log.append(rows(1, 5), [("key", "fp", 5, "c")])
             assert await log.head() == 5
             keys = await log.keys()
             assert keys["key"].position == 5
+            assert keys["key"].command_id == "c"
         async with LogReader(db, EVENTS) as reader:
             events = await reader.read(2, 10)
             assert [e.position for e in events] == [3, 4, 5]

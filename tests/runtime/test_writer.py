@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import tempfile
 import tracemalloc
@@ -113,6 +114,7 @@ class TestIdempotency:
         assert again.duplicate
         assert not first.duplicate
         assert again.position == first.position == 2
+        assert again.command_id == first.command_id  # the original command's id, not a new one
         assert len(log_rows(db)) == 2
 
     async def test_same_key_other_command_conflicts(self, open_app: AppFactory) -> None:
@@ -136,17 +138,18 @@ class TestIdempotency:
     async def test_keys_survive_restart(self, open_app: AppFactory, db: Path) -> None:
         """Keys are stored with their events, so a retry after a restart is still a duplicate."""
         async with open_app() as app:
-            await app.execute(Open(account="a"), idempotency_key="open-a")
+            first = await app.execute(Open(account="a"), idempotency_key="open-a")
         async with open_app() as app:
             again = await app.execute(Open(account="a"), idempotency_key="open-a")
             assert again.duplicate
             assert again.position == 1
+            assert again.command_id == first.command_id
         assert len(log_rows(db)) == 1
 
 
 class TestBackpressure:
     async def test_full_queue_is_overloaded_and_bounded(self, open_app: AppFactory) -> None:
-        """Offering far more than the capacity without yielding: exactly `capacity` are taken, the rest Overloaded."""
+        """Offering far more than the capacity without yielding: `capacity` (+1) are taken, the rest Overloaded."""
         async with open_app(queue_capacity=64) as app:
             await app.execute(Open(account="a"))
             tracemalloc.start()
@@ -162,23 +165,27 @@ class TestBackpressure:
                 growth = tracemalloc.get_traced_memory()[1] - baseline
             finally:
                 tracemalloc.stop()
-            assert len(accepted) == 64
-            assert refused == 50_000 - 64
+            # An idle actor waits in receive(), and anyio hands it the first command directly (not through
+            # the buffer): the queue holds 64, and at most one more is taken.
+            assert len(accepted) in (64, 65)
+            assert refused == 50_000 - len(accepted)
             assert growth < 2_000_000, f"offering 50k commands to a 64-slot queue grew memory by {growth} bytes"
             receipts = await asyncio.gather(*accepted)
-            assert receipts[-1].position == 65
+            assert receipts[-1].position == 1 + len(accepted)
 
     async def test_wait_false_and_timeout(self, open_app: AppFactory) -> None:
         """With the queue full, wait=False and an expired timeout both give Overloaded and enqueue nothing."""
         async with open_app(queue_capacity=4) as app:
             await app.execute(Open(account="a"))
             held = [app.submit_nowait(Deposit(account="a", amount=1)) for _ in range(4)]
+            with contextlib.suppress(Overloaded):  # the idle actor may have taken the first one directly
+                held.append(app.submit_nowait(Deposit(account="a", amount=1)))
             with pytest.raises(Overloaded, match="queue is full \\(4 commands waiting"):
                 await app.execute(Deposit(account="a", amount=1), wait=False)
             with pytest.raises(Overloaded, match="within 0 s"):
                 await app.execute(Deposit(account="a", amount=1), timeout=0)
             await asyncio.gather(*held)
-            assert app.position == 5
+            assert app.position == 1 + len(held)
 
     async def test_waiting_submitter_gets_in(self, open_app: AppFactory) -> None:
         """A submitter that waits for room is taken once the writer drains the queue."""
