@@ -26,6 +26,7 @@ from .commands import (
 from .errors import RuleViolation
 from .events import (
     EVENTS,
+    CancelledLine,
     CustomerRegistered,
     Event,
     OrderCancelled,
@@ -220,9 +221,9 @@ def _place_order(command: PlaceOrder, states: Mapping[str, State]) -> list[Event
                 )
                 for line, product in zip(requested, products, strict=True)
             ),
+            reserves_stock=True,
         )
     ]
-    events.extend(StockReserved(sku=line.sku, order_id=order_id, quantity=line.quantity) for line in requested)
     return events
 
 
@@ -231,9 +232,8 @@ def _cancel_order(command: CancelOrder, states: Mapping[str, State]) -> list[Eve
     order = _existing_order(states, command.order_id)
     if order.status != PLACED:
         raise RuleViolation(f"cannot cancel order {order.order_id!r}: it is already {order.status}")
-    events: list[Event] = [OrderCancelled(order_id=order.order_id)]
-    events.extend(StockReleased(sku=sku, order_id=order.order_id, quantity=quantity) for sku, quantity in order.lines)
-    return events
+    lines = tuple(CancelledLine(sku=sku, quantity=quantity) for sku, quantity in order.lines)
+    return [OrderCancelled(order_id=order.order_id, lines=lines)]
 
 
 @_decide.register(ShipOrder)
@@ -304,6 +304,8 @@ def _stock_released(event: StockReleased, state: State | None) -> State:
 
 @_evolve.register(OrderPlaced)
 def _order_placed(event: OrderPlaced, state: State | None) -> State:
+    if isinstance(state, ProductState):  # one of the order's products (see events.affects): stock taken
+        return _with_stock(state, state.stock - _units_of(state.sku, event.lines))
     return OrderState(
         order_id=event.order_id,
         status=PLACED,
@@ -311,8 +313,14 @@ def _order_placed(event: OrderPlaced, state: State | None) -> State:
     )
 
 
+def _units_of(sku: str, lines: tuple[OrderLine, ...] | tuple[CancelledLine, ...]) -> int:
+    return sum(line.quantity for line in lines if line.sku == sku)
+
+
 @_evolve.register(OrderCancelled)
 def _order_cancelled(event: OrderCancelled, state: State | None) -> State:
+    if isinstance(state, ProductState):  # one of the order's products: stock given back
+        return _with_stock(state, state.stock + _units_of(state.sku, event.lines))
     order = _expect(state, OrderState, event)
     return OrderState(order_id=order.order_id, status=CANCELLED, lines=order.lines)
 

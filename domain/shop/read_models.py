@@ -279,6 +279,7 @@ class ShopReadModels:
         first_line = len(skus)
         total = 0
         count = 0
+        reserves = event.reserves_stock  # False in 0.1 logs, where StockReserved events follow
         for line in event.lines:
             quantity = line.quantity
             price = line.unit_price_cents
@@ -293,6 +294,8 @@ class ShopReadModels:
             if product is not None:
                 product["units_sold"] += quantity
                 product["revenue_cents"] += line_total
+                if reserves:
+                    product["stock"] -= quantity
         order_id = event.order_id
         customer_id = event.customer_id
         self._order_ids.append(order_id)
@@ -330,6 +333,8 @@ class ShopReadModels:
             if product is not None:
                 product["units_sold"] -= quantities[i]
                 product["revenue_cents"] -= quantities[i] * prices[i]
+        for line in event.lines:  # empty in 0.1 logs, where StockReleased events follow
+            products[line.sku]["stock"] += line.quantity
         sales = self._sales
         sales["orders_cancelled"] += 1
         sales["units_sold"] -= self._order_item_counts[row]

@@ -13,7 +13,7 @@ import orjson
 
 from soloist_shop.commands import AddProduct, OrderLineRequest, PlaceOrder, RegisterCustomer
 from soloist_shop.decider import decide, evolve
-from soloist_shop.events import stream_of
+from soloist_shop.events import affects, stream_of
 from soloist_shop.read_models import ShopReadModels
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ class ShopHarness:
         for event in events:
             stream = stream_of(event)
             self.states[stream] = evolve(self.states.get(stream), event)
+            for other in affects(event):  # the order's products, whose stock the order's event changes
+                self.states[other] = evolve(self.states.get(other), event)
             self.log.append(event)
             self.read.apply(event, len(self.log))
         return events

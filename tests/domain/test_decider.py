@@ -24,6 +24,7 @@ from soloist_shop.decider import MAX_ORDER_LINES, decide, evolve
 from soloist_shop.errors import InvalidQuery, NotFound, RuleViolation, ShopError
 from soloist_shop.events import (
     EVENTS,
+    CancelledLine,
     CustomerRegistered,
     OrderCancelled,
     OrderLine,
@@ -34,6 +35,7 @@ from soloist_shop.events import (
     ProductRestocked,
     StockReleased,
     StockReserved,
+    affects,
     customer_stream,
     order_stream,
     product_stream,
@@ -204,8 +206,8 @@ class TestRestock:
 
 
 class TestPlaceOrder:
-    def test_emits_order_placed_then_one_reservation_per_line(self, shop: ShopHarness) -> None:
-        """OrderPlaced (with names and prices) comes first, then StockReserved per line in line order."""
+    def test_emits_one_order_placed_that_reserves_the_stock(self, shop: ShopHarness) -> None:
+        """One OrderPlaced (with names and prices) that takes the stock of each line's product itself."""
         events = shop.execute(place("o-1", "c-ada", ("B2", 2), ("A1", 1)))
         assert events == [
             OrderPlaced(
@@ -216,10 +218,10 @@ class TestPlaceOrder:
                     OrderLine(sku="B2", name="Mug", quantity=2, unit_price_cents=100),
                     OrderLine(sku="A1", name="Kettle", quantity=1, unit_price_cents=250),
                 ),
+                reserves_stock=True,
             ),
-            StockReserved(sku="B2", order_id="o-1", quantity=2),
-            StockReserved(sku="A1", order_id="o-1", quantity=1),
         ]
+        assert affects(events[0]) == ("product-B2", "product-A1")
         assert (stock_of(shop, "A1"), stock_of(shop, "B2")) == (2, 3)
         assert order_state(shop, "o-1") == OrderState(order_id="o-1", status="placed", lines=(("B2", 2), ("A1", 1)))
 
@@ -285,8 +287,10 @@ class TestPlaceOrder:
         shop.execute_all([add_product(f"S{i}", stock=1) for i in range(MAX_ORDER_LINES + 1)])
         too_many = place("o-big", "c-1", *((f"S{i}", 1) for i in range(MAX_ORDER_LINES + 1)))
         rejects(shop, too_many, "order 'o-big' must have 1 to 100 lines, got 101")
-        events = shop.execute(place("o-ok", "c-1", *((f"S{i}", 1) for i in range(MAX_ORDER_LINES))))
-        assert len(events) == 1 + MAX_ORDER_LINES
+        (placed,) = shop.execute(place("o-ok", "c-1", *((f"S{i}", 1) for i in range(MAX_ORDER_LINES))))
+        assert isinstance(placed, OrderPlaced)
+        assert len(placed.lines) == MAX_ORDER_LINES
+        assert all(stock_of(shop, f"S{i}") == 0 for i in range(MAX_ORDER_LINES))
 
     @pytest.mark.parametrize("quantity", [0, -1])
     def test_rejects_non_positive_quantity(self, shop: ShopHarness, quantity: int) -> None:
@@ -315,18 +319,16 @@ class TestPlaceOrder:
             customer_id="c-ß",
             customer_name="Jürgen Groß",
             lines=(OrderLine(sku="茶-1", name="緑茶", quantity=2, unit_price_cents=100),),
+            reserves_stock=True,
         )
 
 
 class TestCancelOrder:
-    def test_emits_cancelled_then_releases_each_line(self, shop: ShopHarness) -> None:
-        """Cancelling emits OrderCancelled then StockReleased per line, giving the stock back."""
+    def test_emits_one_cancelled_that_gives_each_line_back(self, shop: ShopHarness) -> None:
+        """Cancelling emits one OrderCancelled carrying the lines whose stock it gives back."""
         shop.execute(place("o-1", "c-ada", ("A1", 3), ("B2", 1)))
-        assert shop.execute(CancelOrder(order_id="o-1")) == [
-            OrderCancelled(order_id="o-1"),
-            StockReleased(sku="A1", order_id="o-1", quantity=3),
-            StockReleased(sku="B2", order_id="o-1", quantity=1),
-        ]
+        lines = (CancelledLine(sku="A1", quantity=3), CancelledLine(sku="B2", quantity=1))
+        assert shop.execute(CancelOrder(order_id="o-1")) == [OrderCancelled(order_id="o-1", lines=lines)]
         assert (stock_of(shop, "A1"), stock_of(shop, "B2")) == (3, 5)
         assert order_state(shop, "o-1").status == "cancelled"
 
@@ -440,8 +442,23 @@ class TestEvolve:
     def test_event_on_wrong_state_kind_is_a_type_error(self) -> None:
         """An order event on a product state cannot be folded."""
         product = ProductState(sku="A1", name="K", price_cents=1, stock=1)
-        with pytest.raises(TypeError, match="OrderCancelled needs an existing OrderState"):
-            evolve(product, OrderCancelled(order_id="o-1"))
+        with pytest.raises(TypeError, match="OrderShipped needs an existing OrderState"):
+            evolve(product, OrderShipped(order_id="o-1"))
+
+    def test_legacy_reservation_events_still_fold(self) -> None:
+        """Logs of soloist 0.1 carry StockReserved/StockReleased after orders without reserves_stock: still read."""
+        product = ProductState(sku="A1", name="K", price_cents=1, stock=5)
+        legacy_order = OrderPlaced(
+            order_id="o-1",
+            customer_id="c",
+            customer_name="C",
+            lines=(OrderLine(sku="A1", name="K", quantity=2, unit_price_cents=1),),
+        )
+        assert affects(legacy_order) == ()  # its stock is taken by the StockReserved that follows it
+        reserved = evolve(product, StockReserved(sku="A1", order_id="o-1", quantity=2))
+        assert reserved == ProductState(sku="A1", name="K", price_cents=1, stock=3)
+        assert affects(OrderCancelled(order_id="o-1")) == ()
+        assert evolve(reserved, StockReleased(sku="A1", order_id="o-1", quantity=2)) == product
 
 
 STREAM_CASES: list[tuple[object, str]] = [

@@ -7,7 +7,16 @@ import pytest
 
 from soloist_shop.commands import CancelOrder, ChangePrice, Restock, ShipOrder
 from soloist_shop.errors import InvalidQuery, NotFound
-from soloist_shop.events import CustomerRegistered, OrderCancelled, OrderLine, OrderPlaced, ProductAdded
+from soloist_shop.events import (
+    CancelledLine,
+    CustomerRegistered,
+    OrderCancelled,
+    OrderLine,
+    OrderPlaced,
+    ProductAdded,
+    StockReleased,
+    StockReserved,
+)
 from soloist_shop.queries import (
     CustomerOrders,
     GetOrder,
@@ -639,3 +648,35 @@ class TestSnapshot:
         data["position"] = "12"
         with pytest.raises(ValueError, match="snapshot position must be an int"):
             ShopReadModels().restore(data)
+
+
+class TestLegacyLogs:
+    def test_0_1_orders_with_reservation_events_give_the_same_models(self) -> None:
+        """A 0.1 log (OrderPlaced, then StockReserved per line; OrderCancelled, then StockReleased) and today's
+        one-event orders build the same read models."""
+        product = ProductAdded(sku="A1", name="Kettle", category="k", price_cents=250, stock=5, description="")
+        line = OrderLine(sku="A1", name="Kettle", quantity=2, unit_price_cents=250)
+        customer = CustomerRegistered(customer_id="c", name="C", email="c@x")
+        old, new = ShopReadModels(), ShopReadModels()
+        legacy = [
+            customer,
+            product,
+            OrderPlaced(order_id="o", customer_id="c", customer_name="C", lines=(line,)),
+            StockReserved(sku="A1", order_id="o", quantity=2),
+        ]
+        today = [
+            customer,
+            product,
+            OrderPlaced(order_id="o", customer_id="c", customer_name="C", lines=(line,), reserves_stock=True),
+        ]
+        for position, event in enumerate(legacy, 1):
+            old.apply(event, position)
+        for position, event in enumerate(today, 1):
+            new.apply(event, position)
+        assert old.query(GetProduct(sku="A1")) == new.query(GetProduct(sku="A1"))
+        assert new.query(GetProduct(sku="A1"))["stock"] == 3  # type: ignore[index]
+        old.apply(OrderCancelled(order_id="o"), 5)
+        old.apply(StockReleased(sku="A1", order_id="o", quantity=2), 6)
+        new.apply(OrderCancelled(order_id="o", lines=(CancelledLine(sku="A1", quantity=2),)), 4)
+        assert old.query(GetProduct(sku="A1")) == new.query(GetProduct(sku="A1"))
+        assert new.query(GetProduct(sku="A1"))["stock"] == 5  # type: ignore[index]
