@@ -118,6 +118,7 @@ class App:
         self._replicate_guard = SingleWriterGuard("App.replicate")
         self._log_handle: EventLog | None = None
         self._last_checkpoint = 0
+        self.checkpoint_failures = 0  # checkpoints that raised: logged as checkpoint_failed, never fatal
         self._replica_scopes: dict[str, anyio.CancelScope] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -314,7 +315,7 @@ class App:
                         # the last checkpoint should hold every committed event: let a replica catch up first
                         with contextlib.suppress(CQRSError):
                             await self._router.wait_for(self.position, timeout=30)
-                        await self.checkpoint()
+                        await self._checkpoint_logged()
                 if self._tg is not None:
                     self._tg.cancel_scope.cancel()
         finally:
@@ -471,11 +472,33 @@ class App:
         self._last_writer_checkpoint = position
         _log.info("writer_checkpoint_written", path=str(path), position=position)
 
+    async def _checkpoint_logged(self) -> bool:
+        """Checkpoint; a failure (a read model that cannot serialise, a full disk) is logged and counted.
+
+        A checkpoint is an optimisation of the next start: losing one costs replay time, never data, so
+        it must not take the process down (the log stays the truth and the next start replays it).
+        """
+        try:
+            await self.checkpoint()
+        except Exception as exc:
+            self.checkpoint_failures += 1
+            _log.error(
+                "checkpoint_failed",
+                position=self.position,
+                failures=self.checkpoint_failures,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        return True
+
     async def _checkpoint_loop(self) -> None:
         every = self._snapshot_every
+        target = self._last_checkpoint + every
         while True:
-            await self.router.wait_for(self._last_checkpoint + every, timeout=float("inf"))
-            await self.checkpoint()
+            await self.router.wait_for(target, timeout=float("inf"))
+            await self._checkpoint_logged()
+            # after a failure, try again only once `every` more events have arrived (no hot retry loop)
+            target = max(self._last_checkpoint, self.router.most_advanced().position) + every
 
     # -- observability --------------------------------------------------------------------------------
 
