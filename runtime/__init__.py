@@ -24,7 +24,9 @@ from ._errors import DomainError as DomainError
 from ._errors import IdempotencyConflict as IdempotencyConflict
 from ._errors import InternalError as InternalError
 from ._errors import LogCorrupted as LogCorrupted
+from ._errors import LogMismatch as LogMismatch
 from ._errors import MailboxFull as MailboxFull
+from ._errors import NotALog as NotALog
 from ._errors import NotFound as NotFound
 from ._errors import NotWriter as NotWriter
 from ._errors import Overloaded as Overloaded
@@ -68,8 +70,10 @@ __all__ = [
     "IdempotencyConflict",
     "InternalError",
     "LogCorrupted",
+    "LogMismatch",
     "LogReader",
     "MailboxFull",
+    "NotALog",
     "NotFound",
     "NotWriter",
     "Overloaded",

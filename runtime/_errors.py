@@ -19,7 +19,9 @@ Every error a caller can see is a :class:`CQRSError`; each carries a stable wire
         ├── StorageFull                     SQLITE_FULL: the disk (or max_page_count) is full
         ├── ReadOnlyStorage                 SQLITE_READONLY / permission denied
         ├── LogCorrupted                    the log breaks an invariant (gap, bad checksum)
-        └── WriterLocked                    another process owns this log's writer lock
+        ├── WriterLocked                    another process owns this log's writer lock
+        ├── NotALog                         the file is not SQLite, or an SQLite file of something else
+        └── LogMismatch                     a replica's upstream serves another log than the one it follows
 
 ``MailboxFull`` is an alias of :class:`Overloaded` (the name the style guide uses).
 """
@@ -39,7 +41,9 @@ __all__ = [
     "IdempotencyConflict",
     "InternalError",
     "LogCorrupted",
+    "LogMismatch",
     "MailboxFull",
+    "NotALog",
     "NotFound",
     "NotWriter",
     "Overloaded",
@@ -190,6 +194,30 @@ class WriterLocked(PersistenceError):
         super().__init__(
             f"another process is already the writer of {path} (lock file {path}.lock is held); "
             "stop it, or start this one as a replica that follows it"
+        )
+
+
+class NotALog(PersistenceError):
+    """The file is not a soloist event log: not SQLite at all, or an SQLite database of something else."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is not a soloist event log: {reason}; point --db at an existing soloist log or at a "
+            "new file name (it will be created), never at another program's database"
+        )
+
+
+class LogMismatch(PersistenceError):
+    """A replica's upstream serves another log than the one the replica's local log copies."""
+
+    def __init__(self, path: str, local: str, upstream: str, address: str) -> None:
+        self.local = local
+        self.upstream = upstream
+        super().__init__(
+            f"the replica log {path} copies the log {local!r}, but the writer at {address} serves the log "
+            f"{upstream!r} (another writer, or its log was replaced); nothing was appended. Point --upstream at "
+            f"the writer of {local!r}, or start this replica on a new --db file to follow {address}"
         )
 
 

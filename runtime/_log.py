@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import operator
+import os
 import sqlite3
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -35,12 +36,11 @@ import aiosqlite
 import anyio
 import orjson
 
-from ._errors import LogCorrupted, PersistenceError, WriterLocked, translate_sqlite_error
+from ._errors import LogCorrupted, NotALog, PersistenceError, ReadOnlyStorage, WriterLocked, translate_sqlite_error
 from ._gc import gc_paused
 from ._messages import RecordedEvent, TypeRegistry
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import AsyncIterator, Callable, Sequence
 
 __all__ = ["EventLog", "EventRow", "KeyRow", "LogReader", "LogScanner", "StoredKey"]
@@ -86,10 +86,12 @@ CREATE TRIGGER IF NOT EXISTS append_batch_insert INSTEAD OF INSERT ON append_bat
     INSERT INTO idempotency (key, fingerprint, position)
         SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(NEW.keys);
 END;
-INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');
+INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');  -- _FORMAT
 INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', lower(hex(randomblob(16))));
 """
 
+_FORMAT: Final = "soloist-log/1"
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 _MIN_SQLITE: Final = (3, 38, 0)  # the ->> operator used by the append trigger
 _APPEND: Final = "INSERT INTO append_batch (events, keys) VALUES (?, ?)"
 _SELECT_ROWS: Final = (
@@ -202,7 +204,56 @@ class LogScanner:
         self.close()
 
 
+def check_log_file(path: Path) -> None:
+    """Refuse, before SQLite touches it, a path whose directory is missing or which is not SQLite.
+
+    A file that is not SQLite would otherwise fail only at the first statement, and a non-empty file
+    of another program would be adopted; the message says what was found and what to do.
+    """
+    directory = path.parent
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise PersistenceError(
+            f"cannot open the event log {path}: its directory {directory} {what}; create the directory "
+            "or choose a path in an existing one"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ReadOnlyStorage(
+            f"cannot open the event log {path}: its directory {directory} is not writable (the log needs its "
+            "-wal, -shm and .lock files beside it); make the directory writable or choose another path"
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return  # a new log
+    except IsADirectoryError:
+        raise NotALog(str(path), "it is a directory") from None
+    except OSError as exc:
+        raise ReadOnlyStorage(f"cannot read the event log {path}: {exc}; check its permissions") from None
+    if head and head != _SQLITE_MAGIC:
+        raise NotALog(str(path), f"it is not an SQLite database (it starts with {head[:16]!r})")
+
+
+async def _check_is_log(conn: aiosqlite.Connection, path: Path) -> None:
+    """An SQLite file with tables must be a soloist log (``meta.format``); an empty one becomes one."""
+    tables = sorted(
+        str(row[0]) for row in await conn.execute_fetchall("SELECT name FROM sqlite_schema WHERE type = 'table'")
+    )
+    if not tables:
+        return
+    found = None
+    if "meta" in tables:
+        rows = list(await conn.execute_fetchall("SELECT value FROM meta WHERE name = 'format'"))
+        found = str(rows[0][0]) if rows else None
+    if found != _FORMAT:
+        shown = ", ".join(tables[:10]) + (", ..." if len(tables) > 10 else "")
+        why = f"its meta table says format {found!r}" if found is not None else f"it holds other tables ({shown})"
+        raise NotALog(str(path), f"an SQLite database, but {why}, not {_FORMAT!r}")
+
+
 async def _connect(path: Path, *, read_only: bool, synchronous: Synchronous) -> aiosqlite.Connection:
+    conn: aiosqlite.Connection | None = None
     try:
         if read_only:
             conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -210,6 +261,7 @@ async def _connect(path: Path, *, read_only: bool, synchronous: Synchronous) -> 
         else:
             # autocommit: each append is one INSERT statement, which is its own transaction
             conn = await aiosqlite.connect(path, check_same_thread=False, isolation_level=None)
+            await _check_is_log(conn, path)
             await conn.execute("PRAGMA journal_mode = WAL")
             await conn.execute(f"PRAGMA synchronous = {synchronous}")
             # Measured here: checkpointing every 10k pages instead of 1k gave 1.6x in steady state.
@@ -217,8 +269,17 @@ async def _connect(path: Path, *, read_only: bool, synchronous: Synchronous) -> 
         await conn.execute("PRAGMA busy_timeout = 5000")
         await conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
         return conn
-    except sqlite3.Error as exc:
-        raise translate_sqlite_error(exc, what=f"opening the event log {path}") from exc
+    except BaseException as exc:
+        # aiosqlite runs each connection on a non-daemon thread: one left open keeps the process alive
+        # after its error was reported (the hang of `serve --db junk.db`), so close it before raising.
+        if conn is not None:
+            with anyio.move_on_after(10, shield=True):
+                await conn.close()
+        if isinstance(exc, sqlite3.Error):
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+                raise NotALog(str(path), f"SQLite says {exc}") from exc
+            raise translate_sqlite_error(exc, what=f"opening the event log {path}") from exc
+        raise
 
 
 @final
@@ -239,6 +300,7 @@ class EventLog:
                 f"{'.'.join(map(str, _MIN_SQLITE))} or newer (JSON ->> operators); use a Python built against a "
                 "newer SQLite"
             )
+        check_log_file(self.path)
         self._acquire_lock()
         try:
             self._conn = await _connect(self.path, read_only=False, synchronous=self._synchronous)
@@ -255,7 +317,12 @@ class EventLog:
 
     def _acquire_lock(self) -> None:
         lock_path = f"{self.path}.lock"
-        handle = open(lock_path, "a+b")  # noqa: SIM115 - held open for the log's lifetime
+        try:
+            handle = open(lock_path, "a+b")  # noqa: SIM115 - held open for the log's lifetime
+        except OSError as exc:
+            raise ReadOnlyStorage(
+                f"cannot create the writer lock file {lock_path}: {exc.strerror}; make its directory writable"
+            ) from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
