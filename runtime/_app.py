@@ -437,6 +437,12 @@ class App:
         return self._log_handle
 
     @property
+    def log_id(self) -> str:
+        """The id of the log this app serves: its own, or for a replica the upstream log it copies."""
+        log = self.log
+        return log.upstream_log_id or log.log_id
+
+    @property
     def writer(self) -> Writer:
         return self._require_writer()
 

@@ -292,6 +292,8 @@ class EventLog:
         self._conn: aiosqlite.Connection | None = None
         self._lock_file: IO[bytes] | None = None
         self.log_id = ""  # random id made when the file was created: checkpoints name the log they belong to
+        # a replica's log copies another log: the id of that log, recorded on first contact (None: not yet)
+        self.upstream_log_id: str | None = None
 
     async def open(self) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
@@ -307,13 +309,27 @@ class EventLog:
             try:
                 await self._conn.executescript(_SCHEMA)
                 await self._conn.commit()
-                rows = await self._conn.execute_fetchall("SELECT value FROM meta WHERE name = 'log_id'")
-                self.log_id = str(next(iter(rows))[0])
+                self.log_id = await self._meta("log_id") or ""
+                self.upstream_log_id = await self._meta("upstream_log_id")
             except sqlite3.Error as exc:
                 raise translate_sqlite_error(exc, what=f"creating the schema of {self.path}") from exc
         except BaseException:
             await self.aclose()
             raise
+
+    async def _meta(self, name: str) -> str | None:
+        rows = list(await self._c.execute_fetchall("SELECT value FROM meta WHERE name = ?", (name,)))
+        return str(rows[0][0]) if rows else None
+
+    async def set_upstream_log_id(self, log_id: str) -> None:
+        """Record (durably) that this log is a copy of the log ``log_id``: a replica's first contact."""
+        try:
+            await self._c.execute_fetchall(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('upstream_log_id', ?)", (log_id,)
+            )
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc, what=f"recording the upstream log id in {self.path}") from exc
+        self.upstream_log_id = log_id
 
     def _acquire_lock(self) -> None:
         lock_path = f"{self.path}.lock"

@@ -549,7 +549,7 @@ class Connection(asyncio.Protocol):
             subscription.close()
             raise
         self.subscribed = True
-        self._ok(request_id, {"from_position": after}, self._app.position)
+        self._ok(request_id, {"from_position": after, "log_id": self._app.log_id}, self._app.position)
 
     async def _pump(self, request_id: object, subscription: Subscription) -> None:
         """Send every event of the subscription, in order, respecting the transport's write buffer."""
