@@ -14,6 +14,12 @@ one, so N concurrent strong queries cost at most two round trips, and a probe is
 the queries it serves arrived. If the writer cannot be reached, strong queries get ``timeout``
 (:class:`UpstreamUnavailable`); eventual and session queries keep working from the local replicas.
 
+A replica follows one log only. The ``subscribe`` answer names the log the upstream serves (``log_id``);
+the first contact of an empty replica log records it in the local log's meta table, and from then on an
+upstream serving another log (a different writer, or its writer restarted on a new file) is refused with
+:class:`~soloist.LogMismatch`, which stops the follower (``soloist replica`` exits 1) before anything of
+that log is appended.
+
 What a replica's log does not have: command ids and idempotency keys (they are not on the wire).
 """
 

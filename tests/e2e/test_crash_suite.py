@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.crash_suite import CrashSuite
+from tests.e2e.crash_suite import CrashSuite, Request
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,3 +26,14 @@ class TestCrashSuite:
         assert (figures.lost, figures.duplicated) == (0, 0)
         assert figures.acknowledged > 3 * 5
         assert figures.retried > 0  # at least one request was in flight at some kill
+
+    async def test_the_figures_count_a_lost_and_a_duplicated_acknowledgement(self, tmp_path: Path) -> None:
+        """The suite is not blind: an acknowledgement absent from the log is lost, one with two receipts doubled."""
+        suite = CrashSuite(tmp_path, seed=7)
+        await suite.run(1, max_kill_after=10)
+        lost = Request(key="never-sent", type="Restock", data={}, answer="ok", positions={1})
+        doubled = next(r for r in suite.requests if r.answer == "ok")
+        doubled.positions.add(10**9)
+        suite.requests.append(lost)
+        figures = suite.figures(1, 0.0)
+        assert (figures.lost, figures.duplicated) == (1, 1)
