@@ -118,6 +118,7 @@ class App:
         self._replicate_guard = SingleWriterGuard("App.replicate")
         self._log_handle: EventLog | None = None
         self._last_checkpoint = 0
+        self._checkpoint_lock = anyio.Lock()
         self.checkpoint_failures = 0  # checkpoints that raised: logged as checkpoint_failed, never fatal
         self._replica_scopes: dict[str, anyio.CancelScope] = {}
 
@@ -457,17 +458,18 @@ class App:
         """
         if self._snapshots is None or self._router is None:
             return None
-        await self._checkpoint_writer()
-        replica = self._router.most_advanced()
-        position = replica.position
-        if position == 0 or position == self._last_checkpoint:
-            return None
-        body = orjson.dumps(replica.models.snapshot())  # in the loop: the models must not move meanwhile
-        store = self._snapshots
-        path = await anyio.to_thread.run_sync(store.write_bytes, position, body)
-        self._last_checkpoint = position
-        _log.info("checkpoint_written", path=str(path), position=position, bytes=len(body))
-        return path
+        async with self._checkpoint_lock:  # one at a time: the periodic one and the one at exit may overlap
+            await self._checkpoint_writer()
+            replica = self._router.most_advanced()
+            position = replica.position
+            if position == 0 or position == self._last_checkpoint:
+                return None
+            body = orjson.dumps(replica.models.snapshot())  # in the loop: the models must not move meanwhile
+            store = self._snapshots
+            path = await anyio.to_thread.run_sync(store.write_bytes, position, body)
+            self._last_checkpoint = position
+            _log.info("checkpoint_written", path=str(path), position=position, bytes=len(body))
+            return path
 
     async def _checkpoint_writer(self) -> None:
         store, writer = self._writer_snapshots, self._writer
