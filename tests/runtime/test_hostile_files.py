@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,7 @@ from tests.e2e.processes import ROOT, _env
 from tests.toy import BANK, Open
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 JUNK = bytes(range(256)) * 20  # 5,120 bytes that are not SQLite
@@ -131,4 +134,33 @@ class TestServeRefuses:
         code, err = await _serve_exits(str(tmp_path / "missing" / "log.db"))
         assert code == 1
         assert "missing does not exist; create the directory" in err
+        assert "Traceback" not in err
+
+
+@pytest.fixture(name="read_only_dir")
+def _read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs mounted in the test's directory (root needed; skipped otherwise, except under CI=true)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        reason = f"cannot mount a read-only tmpfs at {mount} (root needed): {done.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.uvloop_only
+class TestReadOnlyDirectory:
+    async def test_unwritable_directory_exits_non_zero(self, read_only_dir: Path) -> None:
+        """`serve --db` in a read-only directory exits 1 saying the directory is not writable."""
+        code, err = await _serve_exits(str(read_only_dir / "log.db"))
+        assert code == 1
+        assert "is not writable" in err
         assert "Traceback" not in err
