@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint types pytest bench clean
+.PHONY: run test lint types pytest bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_command_throughput.py
 	$(BIN)/python benchmarks/bench_queries.py
 	$(BIN)/python benchmarks/bench_socket.py
+
+# SIGKILL crash rounds against a real writer (docs/reliability.md); SEED=N to replay a run
+ROUNDS ?= 100
+chaos: $(STAMP)
+	$(BIN)/python -m tests.e2e.crash_suite --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED),)
 
 clean:
 	rm -rf $(VENV) soloist.db soloist.db-wal soloist.db-shm .coverage

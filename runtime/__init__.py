@@ -31,7 +31,9 @@ from ._errors import Fenced as Fenced
 from ._errors import IdempotencyConflict as IdempotencyConflict
 from ._errors import InternalError as InternalError
 from ._errors import LogCorrupted as LogCorrupted
+from ._errors import LogMismatch as LogMismatch
 from ._errors import MailboxFull as MailboxFull
+from ._errors import NotALog as NotALog
 from ._errors import NotFound as NotFound
 from ._errors import NotWriter as NotWriter
 from ._errors import Overloaded as Overloaded
@@ -73,7 +75,9 @@ __all__ = [
     "IdempotencyConflict",
     "InternalError",
     "LogCorrupted",
+    "LogMismatch",
     "MailboxFull",
+    "NotALog",
     "NotFound",
     "NotWriter",
     "Overloaded",

@@ -133,6 +133,8 @@ class App:
         self._replicate_guard = SingleWriterGuard("App.replicate")
         self._log_handle: EventLog | None = None
         self._last_checkpoint = 0
+        self._checkpoint_lock = anyio.Lock()
+        self.checkpoint_failures = 0  # checkpoints that raised: logged as checkpoint_failed, never fatal
         self._replica_scopes: dict[str, anyio.CancelScope] = {}
         self._rebuild_delays: dict[str, float] = {}
         self._rebuild_backoff = rebuild_backoff  # (first delay, longest delay) before a failed replica is rebuilt
@@ -336,7 +338,7 @@ class App:
                         # the last checkpoint should hold every committed event: let a replica catch up first
                         with contextlib.suppress(CQRSError):
                             await self._router.wait_for(self.position, timeout=30)
-                        await self.checkpoint()
+                        await self._checkpoint_logged()
                 if self._tg is not None:
                     self._tg.cancel_scope.cancel()
         finally:
@@ -455,6 +457,12 @@ class App:
         return self._log_handle
 
     @property
+    def log_id(self) -> str:
+        """The id of the log this app serves: its own, or for a replica the upstream log it copies."""
+        log = self.log
+        return log.upstream_log_id or log.log_id
+
+    @property
     def writer(self) -> Writer:
         return self._require_writer()
 
@@ -469,19 +477,20 @@ class App:
         """
         if self._snapshots is None or self._router is None:
             return None
-        await self._checkpoint_writer()
-        replica = self._router.most_advanced()
-        if replica is None:
-            return None
-        position = replica.position
-        if position == 0 or position == self._last_checkpoint:
-            return None
-        body = encode(replica.models.snapshot())  # in the loop: the models must not move meanwhile
-        store = self._snapshots
-        path = await anyio.to_thread.run_sync(store.write_bytes, position, body)
-        self._last_checkpoint = position
-        _log.info("checkpoint_written", path=str(path), position=position, bytes=len(body))
-        return path
+        async with self._checkpoint_lock:  # one at a time: the periodic one and the one at exit may overlap
+            await self._checkpoint_writer()
+            replica = self._router.most_advanced()
+            if replica is None:
+                return None
+            position = replica.position
+            if position == 0 or position == self._last_checkpoint:
+                return None
+            body = encode(replica.models.snapshot())  # in the loop: the models must not move meanwhile
+            store = self._snapshots
+            path = await anyio.to_thread.run_sync(store.write_bytes, position, body)
+            self._last_checkpoint = position
+            _log.info("checkpoint_written", path=str(path), position=position, bytes=len(body))
+            return path
 
     async def _checkpoint_writer(self) -> None:
         store, writer = self._writer_snapshots, self._writer
@@ -495,11 +504,33 @@ class App:
         self._last_writer_checkpoint = position
         _log.info("writer_checkpoint_written", path=str(path), position=position)
 
+    async def _checkpoint_logged(self) -> bool:
+        """Checkpoint; a failure (a read model that cannot serialise, a full disk) is logged and counted.
+
+        A checkpoint is an optimisation of the next start: losing one costs replay time, never data, so
+        it must not take the process down (the log stays the truth and the next start replays it).
+        """
+        try:
+            await self.checkpoint()
+        except Exception as exc:
+            self.checkpoint_failures += 1
+            _log.error(
+                "checkpoint_failed",
+                position=self.position,
+                failures=self.checkpoint_failures,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+        return True
+
     async def _checkpoint_loop(self) -> None:
         every = self._snapshot_every
+        target = self._last_checkpoint + every
         while True:
-            await self.router.wait_for(self._last_checkpoint + every, timeout=float("inf"))
-            await self.checkpoint()
+            await self.router.wait_for(target, timeout=float("inf"))
+            await self._checkpoint_logged()
+            # after a failure, try again only once `every` more events have arrived (no hot retry loop)
+            target = max(self._last_checkpoint, self.router.best_position()) + every
 
     # -- observability --------------------------------------------------------------------------------
 

@@ -28,7 +28,9 @@ class, so a client re-raises exactly the class the server raised (:func:`error_f
     │   ├── ReadOnlyStorage     read_only_storage     SQLITE_READONLY / permission denied
     │   ├── LogCorrupted        log_corrupted         the log breaks an invariant (gap, bad checksum)
     │   ├── WriterLocked        writer_locked         another process owns this log's writer lock
-    │   └── Fenced              fenced                this writer lost its lease on a shared (PostgreSQL) log
+    │   ├── Fenced              fenced                this writer lost its lease on a shared (PostgreSQL) log
+    │   ├── NotALog             not_a_log             the file is not SQLite, or an SQLite file of something else
+    │   └── LogMismatch         log_mismatch          a replica's upstream serves another log than the one it copies
     ├── RemoteError             remote                client side: an error code this client does not know
     └── ConnectionLost          connection_lost       client side: the connection closed with requests unanswered
 
@@ -63,7 +65,9 @@ __all__ = [
     "IdempotencyConflict",
     "InternalError",
     "LogCorrupted",
+    "LogMismatch",
     "MailboxFull",
+    "NotALog",
     "NotFound",
     "NotWriter",
     "Overloaded",
@@ -317,6 +321,34 @@ class WriterLocked(PersistenceError):
         super().__init__(
             f"another process is already the writer of {path} (lock file {path}.lock is held); "
             "stop it, or start this one as a replica that follows it"
+        )
+
+
+class NotALog(PersistenceError):
+    """The file is not a soloist event log: not SQLite at all, or an SQLite database of something else."""
+
+    code = "not_a_log"
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is not a soloist event log: {reason}; point --db at an existing soloist log or at a "
+            "new file name (it will be created), never at another program's database"
+        )
+
+
+class LogMismatch(PersistenceError):
+    """A replica's upstream serves another log than the one the replica's local log copies."""
+
+    code = "log_mismatch"
+
+    def __init__(self, path: str, local: str, upstream: str, address: str) -> None:
+        self.local = local
+        self.upstream = upstream
+        super().__init__(
+            f"the replica log {path} copies the log {local!r}, but the writer at {address} serves the log "
+            f"{upstream!r} (another writer, or its log was replaced); nothing was appended. Point --upstream at "
+            f"the writer of {local!r}, or start this replica on a new --db file to follow {address}"
         )
 
 

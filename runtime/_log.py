@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import operator
+import os
 import sqlite3
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,13 +34,12 @@ from typing import IO, TYPE_CHECKING, Final, Literal, TypeVar, cast, final
 import anyio
 import msgspec
 
-from ._errors import LogCorrupted, PersistenceError, WriterLocked, translate_sqlite_error
+from ._errors import LogCorrupted, NotALog, PersistenceError, ReadOnlyStorage, WriterLocked, translate_sqlite_error
 from ._gc import gc_paused
 from ._messages import RecordedEvent, TypeRegistry
 from ._store import EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import AsyncIterator, Callable, Sequence
 
 __all__ = ["EventLog", "EventRow", "KeyRow", "LogReader", "LogScanner", "StoredKey"]
@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
-INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');
+INSERT OR IGNORE INTO meta (name, value) VALUES ('format', 'soloist-log/1');  -- _FORMAT
 INSERT OR IGNORE INTO meta (name, value) VALUES ('log_id', lower(hex(randomblob(16))));
 """
 # A log created before idempotency keys stored their command's id: add the column, and fill it from the
@@ -86,6 +86,8 @@ UPDATE idempotency SET command_id = COALESCE(
 );
 """
 
+_FORMAT: Final = "soloist-log/1"
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 _MIN_SQLITE: Final = (3, 38, 0)  # JSON functions built in (the chunk reads use json_group_array)
 _INSERT_EVENT: Final = (
     "INSERT INTO events (position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at) "
@@ -178,10 +180,58 @@ class LogScanner:
         self.close()
 
 
+def check_log_file(path: Path) -> None:
+    """Refuse, before SQLite touches it, a path whose directory is missing or which is not SQLite.
+
+    A file that is not SQLite would otherwise fail only at the first statement, and a non-empty file
+    of another program would be adopted; the message says what was found and what to do.
+    """
+    directory = path.parent
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise PersistenceError(
+            f"cannot open the event log {path}: its directory {directory} {what}; create the directory "
+            "or choose a path in an existing one"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ReadOnlyStorage(
+            f"cannot open the event log {path}: its directory {directory} is not writable (the log needs its "
+            "-wal, -shm and .lock files beside it); make the directory writable or choose another path"
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return  # a new log
+    except IsADirectoryError:
+        raise NotALog(str(path), "it is a directory") from None
+    except OSError as exc:
+        raise ReadOnlyStorage(f"cannot read the event log {path}: {exc}; check its permissions") from None
+    if head and head != _SQLITE_MAGIC:
+        raise NotALog(str(path), f"it is not an SQLite database (it starts with {head[:16]!r})")
+
+
+def _check_is_log(conn: sqlite3.Connection, path: Path) -> None:
+    """An SQLite file with tables must be a soloist log (``meta.format``); an empty one becomes one."""
+    tables = sorted(str(row[0]) for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'"))
+    if not tables:
+        return
+    found = None
+    if "meta" in tables:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+        found = None if row is None else str(row[0])
+    if found != _FORMAT:
+        shown = ", ".join(tables[:10]) + (", ..." if len(tables) > 10 else "")
+        why = f"its meta table says format {found!r}" if found is not None else f"it holds other tables ({shown})"
+        raise NotALog(str(path), f"an SQLite database, but {why}, not {_FORMAT!r}")
+
+
 def _connect_writer(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+    conn: sqlite3.Connection | None = None
     try:
         # autocommit mode: append() opens its own transaction (BEGIN IMMEDIATE ... COMMIT)
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        _check_is_log(conn, path)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         # Measured here: checkpointing every 10k pages instead of 1k gave 1.6x in steady state.
@@ -189,8 +239,14 @@ def _connect_writer(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
         return conn
-    except sqlite3.Error as exc:
-        raise translate_sqlite_error(exc, what=f"opening the event log {path}") from exc
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, sqlite3.Error):
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+                raise NotALog(str(path), f"SQLite says {exc}") from exc
+            raise translate_sqlite_error(exc, what=f"opening the event log {path}") from exc
+        raise
 
 
 @final
@@ -214,6 +270,8 @@ class EventLog:
         self._executor: ThreadPoolExecutor | None = None
         self._lock_file: IO[bytes] | None = None
         self.log_id = ""  # random id made when the file was created: checkpoints name the log they belong to
+        # a replica's log copies another log: the id of that log, recorded on first contact (None: not yet)
+        self.upstream_log_id: str | None = None
 
     async def open(self) -> None:
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
@@ -222,6 +280,8 @@ class EventLog:
                 f"{'.'.join(map(str, _MIN_SQLITE))} or newer (built-in JSON functions); use a Python built against a "
                 "newer SQLite"
             )
+        check_log_file(self.path)
+        check_log_file(self.path)
         self._acquire_lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soloist-log-writer")
         try:
@@ -239,13 +299,26 @@ class EventLog:
             if "command_id" not in columns:
                 conn.executescript(f"BEGIN; {_MIGRATE_KEYS} COMMIT;")
             row = conn.execute("SELECT value FROM meta WHERE name = 'log_id'").fetchone()
+            upstream = conn.execute("SELECT value FROM meta WHERE name = 'upstream_log_id'").fetchone()
         except sqlite3.Error as exc:
             raise translate_sqlite_error(exc, what=f"creating the schema of {self.path}") from exc
+        self.upstream_log_id = None if upstream is None else str(upstream[0])
         return str(row[0])
+
+    async def set_upstream_log_id(self, log_id: str) -> None:
+        """Record (durably) that this log is a copy of the log ``log_id``: a replica's first contact."""
+        sql = "INSERT OR REPLACE INTO meta (name, value) VALUES ('upstream_log_id', ?)"
+        await self._on_thread(lambda: self._execute(sql, f"recording the upstream log id in {self.path}", (log_id,)))
+        self.upstream_log_id = log_id
 
     def _acquire_lock(self) -> None:
         lock_path = f"{self.path}.lock"
-        handle = open(lock_path, "a+b")  # noqa: SIM115 - held open for the log's lifetime
+        try:
+            handle = open(lock_path, "a+b")  # noqa: SIM115 - held open for the log's lifetime
+        except OSError as exc:
+            raise ReadOnlyStorage(
+                f"cannot create the writer lock file {lock_path}: {exc.strerror}; make its directory writable"
+            ) from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -340,9 +413,9 @@ class EventLog:
             raise ValueError(f"bad pragma {name!r} = {value!r}")
         await self._on_thread(lambda: self._execute(f"PRAGMA {name} = {value}", f"PRAGMA {name} on {self.path}"))
 
-    def _execute(self, sql: str, what: str) -> list[tuple[object, ...]]:
+    def _execute(self, sql: str, what: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         try:
-            return self._c.execute(sql).fetchall()
+            return self._c.execute(sql, parameters).fetchall()
         except sqlite3.Error as exc:
             raise translate_sqlite_error(exc, what=what) from exc
 

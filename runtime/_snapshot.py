@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final, final
@@ -80,13 +81,20 @@ class SnapshotStore:
         )
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{self._domain}-{position:020d}.snapshot"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(header) + b"\n")
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # a name of its own: two writers of the same position (the periodic checkpoint and the one at exit)
+        # must not rename each other's file away
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=self.directory)
+        tmp = Path(name)
+        try:
+            with open(fd, "wb") as f:
+                f.write(msgspec.json.encode(header) + b"\n")
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

@@ -8,6 +8,7 @@
                     [--domain module:ATTR] [--token T] [--upstream-token T]
     soloist send    ['{"op": "ping"}'] [--host] [--port] [--unix] [--token]   (JSON from argv or stdin)
     soloist stats   [--host] [--port] [--unix] [--token]
+    soloist backup  --db PATH OUT      (a consistent copy of the log, safe while the server runs)
 
 Servers run on uvloop, log JSON lines to stderr (one ``server_listening`` line once they accept
 connections) and stop cleanly on SIGINT/SIGTERM: stop listening, answer what is in flight, commit,
@@ -29,6 +30,7 @@ import orjson
 import structlog
 
 from ._app import App
+from ._backup import backup
 from ._domain import Domain
 from ._errors import ConnectionLost, CQRSError
 from ._gc import tune_process
@@ -182,6 +184,21 @@ async def _stats(args: argparse.Namespace) -> int:
     return 0 if answer.get("ok") is True else 1
 
 
+async def _backup(args: argparse.Namespace) -> int:
+    result = await anyio.to_thread.run_sync(backup, args.db, args.out)
+    _print(
+        {
+            "backup": str(result.target),
+            "source": str(result.source),
+            "position": result.position,
+            "log_id": result.log_id,
+            "bytes": result.bytes,
+            "ms": round(result.seconds * 1000, 1),
+        }
+    )
+    return 0
+
+
 # -- arguments ----------------------------------------------------------------------------------------
 
 
@@ -225,6 +242,9 @@ def _parser() -> argparse.ArgumentParser:
     client_options(send)
     stats = sub.add_parser("stats", help="print the server's statistics")
     client_options(stats)
+    copy = sub.add_parser("backup", help="copy a log consistently while its server runs (SQLite online backup)")
+    copy.add_argument("--db", required=True, help="the event log to copy")
+    copy.add_argument("out", help="the new file to write (must not exist)")
     return parser
 
 
@@ -233,6 +253,7 @@ _COMMANDS: Final[dict[str, Callable[[argparse.Namespace], Awaitable[int]]]] = {
     "replica": _replica,
     "send": _send,
     "stats": _stats,
+    "backup": _backup,
 }
 
 

@@ -47,10 +47,31 @@ from .state import CANCELLED, PLACED, SHIPPED, CustomerState, OrderState, Produc
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-__all__ = ["MAX_ORDER_LINES", "decide", "evolve"]
+__all__ = [
+    "MAX_ORDER_LINES",
+    "MAX_PRICE_CENTS",
+    "MAX_QUANTITY",
+    "MAX_STOCK",
+    "decide",
+    "evolve",
+]
 
 MAX_ORDER_LINES = 100
 """Most lines one order may have (the fewest is 1)."""
+
+MAX_PRICE_CENTS = 100_000_000
+"""Highest price of a product, in cents (1,000,000.00); the lowest is 1 cent."""
+
+MAX_QUANTITY = 1_000_000
+"""Most units one order line or one restock may carry (the fewest is 1)."""
+
+MAX_STOCK = 1_000_000_000
+"""Most units a product may have in stock (initial stock, and after any restock or release).
+
+With these bounds every sum the read models keep stays far inside a signed 64-bit integer: an order's
+total is at most MAX_ORDER_LINES * MAX_QUANTITY * MAX_PRICE_CENTS = 1e16 < 9.2e18, so JSON, SQLite and
+checkpoints never see a number they cannot hold.
+"""
 
 _S = TypeVar("_S", CustomerState, ProductState, OrderState)
 _R = TypeVar("_R")
@@ -123,8 +144,8 @@ def _existing_order(states: Mapping[str, State], order_id: str) -> OrderState:
 
 
 def _check_price(sku: str, price_cents: int) -> None:
-    if price_cents <= 0:
-        raise RuleViolation(f"price_cents for sku {sku!r} must be > 0, got {price_cents}")
+    if not 1 <= price_cents <= MAX_PRICE_CENTS:
+        raise RuleViolation(f"price_cents for sku {sku!r} must be between 1 and {MAX_PRICE_CENTS}, got {price_cents}")
 
 
 def _not_a_command(command: object, states: Mapping[str, State]) -> list[Event]:
@@ -151,8 +172,8 @@ def _register_customer(command: RegisterCustomer, states: Mapping[str, State]) -
 @_decide.register(AddProduct)
 def _add_product(command: AddProduct, states: Mapping[str, State]) -> list[Event]:
     _check_price(command.sku, command.price_cents)
-    if command.stock < 0:
-        raise RuleViolation(f"stock of sku {command.sku!r} must be >= 0, got {command.stock}")
+    if not 0 <= command.stock <= MAX_STOCK:
+        raise RuleViolation(f"stock of sku {command.sku!r} must be between 0 and {MAX_STOCK}, got {command.stock}")
     if not command.name.strip():
         raise RuleViolation(f"name of sku {command.sku!r} must not be empty")
     if _lookup(states, product_stream(command.sku), ProductState) is not None:
@@ -178,9 +199,16 @@ def _change_price(command: ChangePrice, states: Mapping[str, State]) -> list[Eve
 
 @_decide.register(Restock)
 def _restock(command: Restock, states: Mapping[str, State]) -> list[Event]:
-    _existing_product(states, command.sku)
-    if command.quantity <= 0:
-        raise RuleViolation(f"restock quantity of sku {command.sku!r} must be > 0, got {command.quantity}")
+    product = _existing_product(states, command.sku)
+    if not 1 <= command.quantity <= MAX_QUANTITY:
+        raise RuleViolation(
+            f"restock quantity of sku {command.sku!r} must be between 1 and {MAX_QUANTITY}, got {command.quantity}"
+        )
+    if product.stock + command.quantity > MAX_STOCK:
+        raise RuleViolation(
+            f"cannot restock {command.quantity} of sku {command.sku!r}: stock would be "
+            f"{product.stock + command.quantity}, above the limit of {MAX_STOCK}"
+        )
     return [ProductRestocked(sku=command.sku, quantity=command.quantity)]
 
 
@@ -195,8 +223,11 @@ def _place_order(command: PlaceOrder, states: Mapping[str, State]) -> list[Event
         if line.sku in seen:
             raise RuleViolation(f"sku {line.sku!r} appears more than once in order {order_id!r}; put it on one line")
         seen.add(line.sku)
-        if line.quantity <= 0:
-            raise RuleViolation(f"quantity of sku {line.sku!r} in order {order_id!r} must be > 0, got {line.quantity}")
+        if not 1 <= line.quantity <= MAX_QUANTITY:
+            raise RuleViolation(
+                f"quantity of sku {line.sku!r} in order {order_id!r} must be between 1 and {MAX_QUANTITY}, "
+                f"got {line.quantity}"
+            )
     if _lookup(states, order_stream(order_id), OrderState) is not None:
         raise RuleViolation(f"order {order_id!r} already exists")
     customer = _lookup(states, customer_stream(command.customer_id), CustomerState)

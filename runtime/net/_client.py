@@ -337,6 +337,7 @@ class EventStream:
         self._endpoint = endpoint
         self._after = after
         self.position = after  # the last position received
+        self.log_id: str | None = None  # the id of the log the server serves (from the subscribe answer)
         self._stream: ByteStream | None = None
         self._splitter = LineSplitter(_ANSWER_LIMIT)
         self._events: deque[dict[str, object]] = deque()
@@ -378,7 +379,11 @@ class EventStream:
                 await self._send({"id": "auth", "op": "auth", "token": endpoint.token})
                 _raise_for(await self._answer())
             await self._send({"id": "subscribe", "op": "subscribe", "from_position": self._after})
-            _raise_for(await self._answer())
+            answer = await self._answer()
+            _raise_for(answer)
+            result = answer.get("result")
+            log_id = result.get("log_id") if isinstance(result, dict) else None
+            self.log_id = log_id if isinstance(log_id, str) else None
         except BaseException:
             await self.aclose()
             raise

@@ -351,7 +351,7 @@ class Connection(asyncio.Protocol):
             subscription.close()
             raise
         self.subscribed = True
-        self.ok(request_id, {"from_position": subscription.position}, self._app.position)
+        self.ok(request_id, {"from_position": subscription.position, "log_id": self._app.log_id}, self._app.position)
 
     async def _pump(self, request_id: RequestId, subscription: Subscription) -> None:
         """Send every event of the subscription, in order, respecting the transport's write buffer."""

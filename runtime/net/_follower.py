@@ -14,6 +14,12 @@ one, so N concurrent strong queries cost at most two round trips, and a probe is
 the queries it serves arrived. If the writer cannot be reached, strong queries get ``timeout``
 (:class:`UpstreamUnavailable`); eventual and session queries keep working from the local replicas.
 
+A replica follows one log only. The ``subscribe`` answer names the log the upstream serves (``log_id``);
+the first contact of an empty replica log records it in the local log's meta table, and from then on an
+upstream serving another log (a different writer, or its writer restarted on a new file) is refused with
+:class:`~soloist.LogMismatch`, which stops the follower (``soloist replica`` exits 1) before anything of
+that log is appended.
+
 What a replica's log does not have: command ids and idempotency keys (they are not on the wire).
 """
 
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING, NoReturn, final
 import anyio
 import structlog
 
-from .._errors import CQRSError, LogCorrupted
+from .._errors import CQRSError, LogCorrupted, LogMismatch
 from .._messages import RecordedEvent
 from ._client import Client, EventStream, _Endpoint, _tcp
 from ._errors import ConnectionLost, UpstreamUnavailable
@@ -166,6 +172,7 @@ class Follower:
             after = self.app.position
             try:
                 async with EventStream(endpoint, after) as events:
+                    await self._check_log_id(events.log_id)
                     self._is_connected = True
                     self._connected.set()
                     _log.info("follower_subscribed", upstream=self.address, after=after)
@@ -176,6 +183,10 @@ class Follower:
             except (ConnectionLost, OSError, TimeoutError) as exc:
                 self._last_error = str(exc)
                 _log.warning("follower_disconnected", upstream=self.address, error=str(exc), retry_s=delay)
+            except LogMismatch as exc:  # another log, or the writer's was replaced: following it would corrupt ours
+                self._last_error = str(exc)
+                _log.error("follower_wrong_log", upstream=self.address, local=exc.local, served=exc.upstream)
+                raise
             except CQRSError as exc:  # a malformed or non-continuous event: retrying from our position may help
                 self._last_error = str(exc)
                 _log.error("follower_failed", upstream=self.address, error=str(exc), retry_s=delay)
@@ -187,6 +198,28 @@ class Follower:
             await anyio.sleep(delay)  # backoff between reconnects (not ordering: a real wait)
             delay = min(delay * 2, high)
             self._reconnects += 1
+
+    async def _check_log_id(self, served: str | None) -> None:
+        """Refuse an upstream serving another log than the one our local log copies (LogMismatch).
+
+        The first contact of an empty replica log records the upstream's log id in the local log's meta
+        table; from then on the replica log belongs to that log. A writer restarted on a new file (or a
+        different writer behind the same address) has another id, and is refused at every reconnect.
+        """
+        log = self.app.log
+        if served is None:
+            _log.warning("follower_unverified_upstream", upstream=self.address, reason="no log_id in its answer")
+            return
+        local = log.upstream_log_id
+        if local is None:
+            if self.app.position > 0:  # a replica log made before log ids were recorded: adopt, say so
+                _log.warning(
+                    "follower_adopted_upstream", upstream=self.address, log_id=served, position=self.app.position
+                )
+            await log.set_upstream_log_id(served)
+            return
+        if local != served:
+            raise LogMismatch(str(log.path), local, served, self.address)
 
     async def _apply(self, received: list[dict[str, object]]) -> None:
         app = self.app

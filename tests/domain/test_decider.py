@@ -136,14 +136,14 @@ class TestAddProduct:
 
     @pytest.mark.parametrize("price", [0, -1])
     def test_rejects_non_positive_price(self, price: int) -> None:
-        """A price must be > 0."""
+        """A price must be at least 1 cent."""
         with pytest.raises(RuleViolation) as caught:
             decide({}, add_product("A1", price_cents=price))
-        assert str(caught.value) == f"price_cents for sku 'A1' must be > 0, got {price}"
+        assert str(caught.value) == f"price_cents for sku 'A1' must be between 1 and 100000000, got {price}"
 
     def test_rejects_negative_stock(self) -> None:
         """Initial stock must be >= 0."""
-        with pytest.raises(RuleViolation, match="stock of sku 'A1' must be >= 0, got -1"):
+        with pytest.raises(RuleViolation, match="stock of sku 'A1' must be between 0 and 1000000000, got -1"):
             decide({}, add_product("A1", stock=-1))
 
     @pytest.mark.parametrize("name", ["", "  "])
@@ -177,11 +177,11 @@ class TestChangePrice:
 
     @pytest.mark.parametrize("price", [0, -5])
     def test_rejects_non_positive_price(self, shop: ShopHarness, price: int) -> None:
-        """The new price must be > 0."""
+        """The new price must be at least 1 cent."""
         rejects(
             shop,
             ChangePrice(sku="A1", price_cents=price),
-            f"price_cents for sku 'A1' must be > 0, got {price}",
+            f"price_cents for sku 'A1' must be between 1 and 100000000, got {price}",
         )
 
 
@@ -201,7 +201,7 @@ class TestRestock:
         rejects(
             shop,
             Restock(sku="A1", quantity=quantity),
-            f"restock quantity of sku 'A1' must be > 0, got {quantity}",
+            f"restock quantity of sku 'A1' must be between 1 and 1000000, got {quantity}",
         )
 
 
@@ -298,7 +298,7 @@ class TestPlaceOrder:
         rejects(
             shop,
             place("o-1", "c-ada", ("A1", 1), ("B2", quantity)),
-            f"quantity of sku 'B2' in order 'o-1' must be > 0, got {quantity}",
+            f"quantity of sku 'B2' in order 'o-1' must be between 1 and 1000000, got {quantity}",
         )
 
     def test_rejects_unknown_customer(self, shop: ShopHarness) -> None:

@@ -319,7 +319,10 @@ class TestSubscribe:
         async with serving(tmp_path) as (_, server), raw(server) as conn, raw(server) as sub:
             await open_accounts(conn, "a", "b", "c")
             await sub.request(id="s", op="subscribe", from_position=0)
-            assert await sub.answer() == {"id": "s", "ok": True, "result": {"from_position": 0}, "position": 3}
+            answer = await sub.answer()
+            log_id = answer["result"]["log_id"]  # the served log's id, checked by followers
+            assert answer == {"id": "s", "ok": True, "result": {"from_position": 0, "log_id": log_id}, "position": 3}
+            assert len(log_id) == 32
             events = [(await sub.answer())["event"] for _ in range(3)]
             assert [e["position"] for e in events] == [1, 2, 3]
             assert events[0] == {

@@ -1,9 +1,8 @@
-"""The App as an embedding service expects it: the body's exceptions come out as themselves, the App's own
-failures surface unwrapped, and the process (switch interval, GC) is left exactly as the service set it."""
+"""The App as an embedding service expects it: the body's exceptions come out as themselves, and the process
+(switch interval, GC) is left exactly as the service set it."""
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import sys
 from typing import TYPE_CHECKING
@@ -12,22 +11,10 @@ import anyio
 import pytest
 
 from soloist import App, DomainError, WriterLocked
-from tests.toy import BANK, Bank, Open, Withdraw
+from tests.toy import BANK, Open, Withdraw
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-class SnapshotBug(Exception):
-    """Raised by read models that cannot be checkpointed."""
-
-
-class UnsnapshottableBank(Bank):
-    def snapshot(self) -> object:
-        try:
-            return {"rows": self.balances["nobody"]}
-        except KeyError as exc:
-            raise SnapshotBug("this read model cannot be checkpointed") from exc
 
 
 class TestEmbedding:
@@ -55,20 +42,6 @@ class TestEmbedding:
         with pytest.raises(DomainError, match="insufficient funds") as caught:
             await run()
         assert caught.type is DomainError
-
-    async def test_app_task_failure_surfaces_as_itself(self, db: Path, tmp_path: Path) -> None:
-        """A failure of the App's own tasks (a checkpoint that raises) cancels the body and comes out unwrapped."""
-        domain = dataclasses.replace(BANK, read_models=UnsnapshottableBank)
-
-        async def run() -> None:
-            async with App(domain, db, replicas=1, snapshot_dir=tmp_path / "snaps", snapshot_every=1) as app:
-                await app.execute(Open(account="a"))
-                await anyio.sleep_forever()  # the App's failure cancels this
-
-        with pytest.raises(SnapshotBug) as caught:
-            await run()
-        assert caught.type is SnapshotBug
-        assert isinstance(caught.value.__cause__, KeyError)  # unwrapped, with its own cause
 
     async def test_cancelling_the_body_exits_cleanly(self, db: Path) -> None:
         """The caller's own cancel scope around the App ends it like a normal exit, the log committed."""
