@@ -1,12 +1,14 @@
 # Two entry points, each creating the virtual environment on first use:
 #   make run   - the server on the embedded SQLite default (./soloist.db) with the shop domain
 #   make test  - lint, types and the whole test suite
+#   make bench - every benchmark, then benchmarks/report.py (QUICK=1: about a minute each)
+#   make browser - headless Chromium from Debian's packages, for the dashboard's browser test (root)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint types pytest bench clean
+.PHONY: run test lint types pytest bench bench-quick browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,10 +36,23 @@ pytest: $(STAMP)
 	$(BIN)/python -m coverage run -m pytest -q
 	$(BIN)/python -m coverage report
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_command_throughput.py
-	$(BIN)/python benchmarks/bench_queries.py
-	$(BIN)/python benchmarks/bench_socket.py
+# Each benchmark is run as a script (it puts the repository root on its path itself), with a progress bar;
+# BENCH_ARGS=--quick (or QUICK=1) runs the short versions. The report turns results/*.json into a table and plots.
+BENCHMARKS := bench_command_throughput bench_queries bench_socket bench_workloads bench_metrics_overhead
+BENCH_ARGS ?= $(if $(QUICK),--quick,)
+bench: $(STAMP) $(VENV)/.bench
+	@for b in $(BENCHMARKS); do echo "== $$b $(BENCH_ARGS)"; $(BIN)/python benchmarks/$$b.py $(BENCH_ARGS) || exit 1; done
+	$(BIN)/python benchmarks/report.py
+
+bench-quick:
+	$(MAKE) bench QUICK=1
+
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends chromium; }
 
 clean:
 	rm -rf $(VENV) soloist.db soloist.db-wal soloist.db-shm .coverage

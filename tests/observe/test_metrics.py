@@ -163,9 +163,11 @@ class TestHttpServer:
             status, headers, body = await http_get(http.port, b"HEAD /metrics HTTP/1.1\r\n\r\n")
             assert (status, body) == ("HTTP/1.1 200 OK", b"")
             status, _, body = await http_get(http.port, b"GET /nope HTTP/1.1\r\n\r\n")
-            assert status.startswith("HTTP/1.1 404") and b"/metrics" in body
+            assert status.startswith("HTTP/1.1 404")
+            assert b"/metrics" in body
             status, _, body = await http_get(http.port, b"POST /metrics HTTP/1.1\r\n\r\n")
-            assert status.startswith("HTTP/1.1 405") and b"POST" in body
+            assert status.startswith("HTTP/1.1 405")
+            assert b"POST" in body
             status, _, _ = await http_get(http.port, b"nonsense\r\n\r\n")
             assert status.startswith("HTTP/1.1 400")
             status, _, _ = await http_get(http.port, b"GET /" + b"x" * 20000)
