@@ -36,13 +36,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m coverage run -m pytest -q
 	$(BIN)/python -m coverage report
 
-# Each benchmark is run as a script (it puts the repository root on its path itself), with a progress bar;
-# BENCH_ARGS=--quick (or QUICK=1) runs the short versions. The report turns results/*.json into a table and plots.
-BENCHMARKS := bench_command_throughput bench_queries bench_socket bench_workloads bench_metrics_overhead
-BENCH_ARGS ?= $(if $(QUICK),--quick,)
+# Every benchmark, each run as a script the way a new user would (benchmarks/run_all.py, with a progress bar),
+# then benchmarks/report.py (Markdown table + PNG plots in benchmarks/results/). QUICK=1: the short modes.
 bench: $(STAMP) $(VENV)/.bench
-	@for b in $(BENCHMARKS); do echo "== $$b $(BENCH_ARGS)"; $(BIN)/python benchmarks/$$b.py $(BENCH_ARGS) || exit 1; done
-	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick,)
 
 bench-quick:
 	$(MAKE) bench QUICK=1
