@@ -70,12 +70,12 @@ def machine_line(documents: dict[str, dict[str, Any]]) -> str:
         if env or m:
             packages = env.get("packages") or {}
             versions = ", ".join(f"{k} {v}" for k, v in sorted(packages.items()) if v)
-            return (
-                f"Machine: {env.get('cpu_model', m.get('processor', '?'))}, {env.get('cores', m.get('cpu_count', '?'))} "
-                f"cores, Python {env.get('python', m.get('python', '?'))}, SQLite {env.get('sqlite', '?')}, "
-                f"{m.get('platform', '?')}; load average {m.get('load_average_1m', '?')} at {m.get('date', '?')}"
-                + (f". Packages: {versions}." if versions else ".")
-            )
+            cpu = env.get("cpu_model", m.get("processor", "?"))
+            cores = env.get("cores", m.get("cpu_count", "?"))
+            python, sqlite = env.get("python", m.get("python", "?")), env.get("sqlite", "?")
+            where = f"{m.get('platform', '?')}; load average {m.get('load_average_1m', '?')} at {m.get('date', '?')}"
+            tail = f". Packages: {versions}." if versions else "."
+            return f"Machine: {cpu}, {cores} cores, Python {python}, SQLite {sqlite}, {where}{tail}"
     return "Machine: unknown (no results)."
 
 
