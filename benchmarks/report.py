@@ -64,8 +64,15 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def when(document: dict[str, Any]) -> str:
+    """When a result was taken (results from older runs may sit beside new ones)."""
+    m = document.get("machine") or {}
+    return f"{m.get('date', '?')} (load average {m.get('load_average_1m', '?')})"
+
+
 def machine_line(documents: dict[str, dict[str, Any]]) -> str:
-    for doc in documents.values():
+    preferred = [documents[k] for k in ("workloads", "metrics_overhead") if k in documents]
+    for doc in preferred + [d for d in documents.values() if d.get("environment")] + list(documents.values()):
         env, m = doc.get("environment") or {}, doc.get("machine") or {}
         if env or m:
             packages = env.get("packages") or {}
@@ -73,7 +80,7 @@ def machine_line(documents: dict[str, dict[str, Any]]) -> str:
             cpu = env.get("cpu_model", m.get("processor", "?"))
             cores = env.get("cores", m.get("cpu_count", "?"))
             python, sqlite = env.get("python", m.get("python", "?")), env.get("sqlite", "?")
-            where = f"{m.get('platform', '?')}; load average {m.get('load_average_1m', '?')} at {m.get('date', '?')}"
+            where = str(m.get("platform", "?"))
             tail = f". Packages: {versions}." if versions else "."
             return f"Machine: {cpu}, {cores} cores, Python {python}, SQLite {sqlite}, {where}{tail}"
     return "Machine: unknown (no results)."
@@ -89,7 +96,7 @@ def markdown(documents: dict[str, dict[str, Any]], plots: list[str]) -> str:
             f"## soloist against the normalised-SQL baseline{quick}",
             "",
             f"Closed loop, {s.get('clients', '?')} clients, {s.get('seconds', '?')} s per run, medians of "
-            f"{s.get('runs', '?')}; seed {s.get('seed', '?')}. Ratio: soloist / baseline operations per second.",
+            f"{s.get('runs', '?')}; seed {s.get('seed', '?')}; run at {when(w)}. Ratio: soloist / baseline ops/s.",
             "",
         ]
         rows = []
@@ -132,7 +139,7 @@ def markdown(documents: dict[str, dict[str, Any]], plots: list[str]) -> str:
             out += [*table(["offered ops/s", "soloist p50", "soloist p99", "baseline p50", "baseline p99"], rows), ""]
     c = documents.get("command_throughput")
     if c is not None and isinstance(c.get("soloist"), dict):
-        out += ["## Writer commands/s against concurrent submitters (in process)", ""]
+        out += ["## Writer commands/s against concurrent submitters (in process)", "", f"Run at {when(c)}.", ""]
         rows = []
         for key, v in c["soloist"].items():
             if isinstance(v, dict) and "commands_per_s" in v:
@@ -142,6 +149,8 @@ def markdown(documents: dict[str, dict[str, Any]], plots: list[str]) -> str:
     if m is not None:
         out += [
             "## Cost of recording metrics",
+            "",
+            f"Run at {when(m)}.",
             "",
             f"Writer commands/s with metrics off {fmt(m.get('median_off'))}, on {fmt(m.get('median_on'))}: "
             f"on/off = {m.get('ratio_on_off', float('nan')):.3f} (target >= 0.95). The writer's hook itself: "

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from soloist import App, DomainError, NotFound, Overloaded
 from soloist._metrics import Histogram, Metrics
-from soloist.net import Client
+from soloist.net import Client, FollowerStatistics
 from soloist.net._http import HttpServer
 from tests.net.harness import raw, serving
 from tests.toy import BANK, Deposit, Open
@@ -139,7 +139,60 @@ class TestMetrics:
             assert Overloaded.code == "overloaded"
 
 
+class _FakeFollower:
+    """Stands in for a Follower's statistics (a replica process is covered end to end in test_processes)."""
+
+    def __init__(self) -> None:
+        self.lag = 3
+
+    def statistics(self) -> FollowerStatistics:
+        return FollowerStatistics(
+            upstream="127.0.0.1:7420",
+            connected=True,
+            position=7,
+            upstream_position=7 + self.lag,
+            lag_events=self.lag,
+            reconnects=1,
+            batches=2,
+            events=7,
+            probes=0,
+            last_error=None,
+        )
+
+
+class _Broken:
+    def statistics(self) -> object:
+        raise RuntimeError("statistics exploded")
+
+
+class TestFollowerMetrics:
+    async def test_follower_lag_is_exported(self, tmp_path: Path) -> None:
+        """A follower's link figures are exported under its upstream's label, and in the dashboard's snapshot."""
+        async with App(BANK, tmp_path / "bank.db", replicas=1) as app:
+            follower = _FakeFollower()
+            metrics = Metrics(app, follower=follower)
+            text = metrics.render()
+            assert value(text, "soloist_follower_lag_events", upstream="127.0.0.1:7420") == 3
+            assert value(text, "soloist_follower_connected", upstream="127.0.0.1:7420") == 1
+            assert value(text, "soloist_follower_reconnects_total", upstream="127.0.0.1:7420") == 1
+            follower.lag = 0
+            assert value(metrics.render(), "soloist_follower_lag_events", upstream="127.0.0.1:7420") == 0
+            assert metrics.snapshot()["follower"] == {"upstream": "127.0.0.1:7420", "lag_events": 0}
+
+
 class TestHttpServer:
+    async def test_a_failing_collector_answers_500_and_keeps_serving(self, tmp_path: Path) -> None:
+        """A bug behind /metrics is answered 500 with its message; the page is still served."""
+        async with App(BANK, tmp_path / "bank.db", replicas=1) as app, anyio.create_task_group() as tg:
+            http = await tg.start(HttpServer(Metrics(app, server=_Broken()), port=0).serve)
+            assert isinstance(http, HttpServer)
+            status, _, body = await http_get(http.port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert status.startswith("HTTP/1.1 500")
+            assert b"statistics exploded" in body
+            status, _, _ = await http_get(http.port, b"GET / HTTP/1.1\r\n\r\n")
+            assert status == "HTTP/1.1 200 OK"
+            tg.cancel_scope.cancel()
+
     async def test_metrics_stats_page_and_errors(self, tmp_path: Path) -> None:
         """GET /metrics (Prometheus text), /api/stats (JSON), / (the page); HEAD; 404, 405 and 400 with a hint."""
         async with App(BANK, tmp_path / "bank.db", replicas=1) as app, anyio.create_task_group() as tg:
