@@ -146,9 +146,13 @@ class TestDashboard:
             tg.start_soon(load)
             url = f"http://127.0.0.1:{port}/"
             first = await browse(binary, tmp_path / "profile", url, "--dump-dom")
-            seen = status(first)
-            assert seen["samples"] >= 2, first[:3000]
-            assert seen["position"] > seen["first-position"]  # moved while the page was open
+            seen = [status(first)]
+            assert seen[0]["samples"] >= 2, first[:3000]
+            # moved while the page was open (virtual time runs the polls close together in real time:
+            # on a starved machine one load may see no new command, so up to 3 loads are allowed)
+            while seen[-1]["position"] <= seen[-1]["first-position"] and len(seen) < 3:
+                seen.append(status(await browse(binary, tmp_path / "profile", url, "--dump-dom")))
+            assert seen[-1]["position"] > seen[-1]["first-position"], seen
             second = await browse(binary, tmp_path / "profile", url, "--dump-dom")
             assert int(figure(second, "accepted").replace(",", "")) > int(figure(first, "accepted").replace(",", ""))
             assert figure(second, "role") == "writer"
