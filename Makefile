@@ -1,12 +1,14 @@
 # Two entry points, each creating the virtual environment on first use:
 #   make run   - the server on the embedded SQLite default (./soloist.db) with the shop domain
 #   make test  - lint, types and the whole test suite
+#   make bench - every benchmark, then benchmarks/report.py (QUICK=1: about a minute each)
+#   make browser - headless Chromium from Debian's packages, for the dashboard's browser test (root)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint types pytest bench chaos clean
+.PHONY: run test lint types pytest bench bench-quick browser chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,10 +36,20 @@ pytest: $(STAMP)
 	$(BIN)/python -m coverage run -m pytest -q
 	$(BIN)/python -m coverage report
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_command_throughput.py
-	$(BIN)/python benchmarks/bench_queries.py
-	$(BIN)/python benchmarks/bench_socket.py
+# Every benchmark, each run as a script the way a new user would (benchmarks/run_all.py, with a progress bar),
+# then benchmarks/report.py (Markdown table + PNG plots in benchmarks/results/). QUICK=1: the short modes.
+bench: $(STAMP) $(VENV)/.bench
+	$(BIN)/python benchmarks/run_all.py $(if $(QUICK),--quick,)
+
+bench-quick:
+	$(MAKE) bench QUICK=1
+
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends chromium; }
 
 # SIGKILL crash rounds against a real writer (docs/reliability.md); SEED=N to replay a run
 ROUNDS ?= 100

@@ -13,14 +13,39 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
-__all__ = ["RESULTS_DIR", "cpu_model", "environment", "machine", "median", "percentile", "print_table", "write_json"]
+__all__ = [
+    "PACKAGES",
+    "RESULTS_DIR",
+    "SEED",
+    "cpu_model",
+    "environment",
+    "machine",
+    "median",
+    "percentile",
+    "print_table",
+    "progress",
+    "write_json",
+]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SEED = 20260101  # every benchmark's random choices come from random.Random(SEED): runs are comparable
+PACKAGES = ("soloist", "anyio", "uvloop", "msgspec", "orjson", "aiosqlite", "structlog", "prometheus-client")
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], description: str, *, total: int | None = None) -> Iterator[T]:
+    """``items`` with a progress bar on stderr (tqdm, from the ``bench`` extra); plain iteration without it."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield from items
+        return
+    yield from tqdm(items, desc=description, total=total, unit="step", leave=False, file=sys.stderr)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -127,11 +152,16 @@ def environment(*packages: str) -> dict[str, object]:
 
 
 def write_json(name: str, payload: dict[str, object]) -> Path:
-    """Write ``{"benchmark", "machine", **payload}`` to ``results/<name>.json`` (atomically); return the path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    """Write ``{"benchmark", "machine", "environment", **payload}`` to ``results/<name>.json`` (atomically).
+
+    ``environment`` (CPU, Python, SQLite and package versions) is added unless the payload brings its own.
+    ``$SOLOIST_BENCH_RESULTS`` redirects the directory (the tests' quick runs write to a temporary one).
+    """
+    directory = Path(os.environ.get("SOLOIST_BENCH_RESULTS") or RESULTS_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     tmp = path.with_suffix(".tmp")
-    document = {"benchmark": name, "machine": machine(), **payload}
+    document = {"benchmark": name, "machine": machine(), "environment": environment(*PACKAGES), **payload}
     tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path

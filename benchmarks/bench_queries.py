@@ -35,7 +35,7 @@ Measured, in one process on the shop domain (``soloist_shop.wiring.DOMAIN``), on
 Targets (2-core machine): >= 300k simple queries/s in process; lag p99 < 5 ms at half saturation;
 replay >= 200k events/s; from a snapshot, 1M events' worth of state up in < 1 s.
 
-Run: ``PYTHONPATH=. python benchmarks/bench_queries.py [--quick] [--events N]``; prints one table per
+Run: ``python benchmarks/bench_queries.py [--quick] [--events N]``; prints one table per
 section and a summary, and writes benchmarks/results/queries.json. The machine is noisy: quote medians.
 """
 
@@ -61,6 +61,9 @@ import anyio.lowlevel
 import msgspec
 import orjson
 import uvloop
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script (as `make bench` does): the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import median, percentile, print_table, write_json
 from soloist import App, Overloaded, Receipt, configure_logging

@@ -115,6 +115,7 @@ class _Submission(NamedTuple):  # one per command on the hot path: a NamedTuple 
     type_name: str
     key: str | None
     future: asyncio.Future[Receipt]
+    submitted: float  # perf_counter() at submit: the metrics' submit-to-ack latency (soloist._metrics)
 
 
 @dataclass(eq=False, slots=True)
@@ -210,6 +211,8 @@ class Writer:
         self._stats = _Counters()
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}-{time.time_ns():x}-"
+        # metrics hook (soloist._metrics), once per batch: (commit seconds or None, submit times, ack time)
+        self.observer: Callable[[float | None, list[float], float], None] | None = None
 
     # -- state ----------------------------------------------------------------------------------------
 
@@ -400,7 +403,7 @@ class Writer:
     def _make(self, command: object, key: str | None) -> _Submission:
         type_name = self._commands.name_of(command)
         loop = asyncio.get_running_loop()
-        return _Submission(command, type_name, key, loop.create_future())
+        return _Submission(command, type_name, key, loop.create_future(), time.perf_counter())
 
     def _open_send(self) -> MemoryObjectSendStream[_Submission]:
         if self._send is None:
@@ -638,6 +641,10 @@ class Writer:
                     stats.rejected += 1
                     if not sub.future.done():
                         sub.future.set_exception(outcome)
+        if self.observer is not None:  # metrics: one call per commit, nothing per command when off
+            wrote = bool(rows or key_rows)
+            submitted = [sub.submitted for d in group for sub, _ in d.outcomes]
+            self.observer(stats.commit_ms / 1000 if wrote else None, submitted, time.perf_counter())
         _log.debug(
             "batch_committed",
             commands=commands,

@@ -4,6 +4,7 @@
 
     soloist serve   [--db soloist.db] [--host 127.0.0.1] [--port 7420] [--unix PATH] [--replicas 4]
                     [--token T] [--domain module:ATTR] [--snapshot-dir DIR] [--no-seed] [--log-level info]
+                    [--http-port N]   (GET /metrics, /api/stats and the live dashboard /; also on replica)
     soloist replica --upstream HOST:PORT [--host 127.0.0.1] [--port 7421] [--db replica.db] [--replicas 4]
                     [--domain module:ATTR] [--token T] [--upstream-token T]
     soloist send    ['{"op": "ping"}'] [--host] [--port] [--unix] [--token]   (JSON from argv or stdin)
@@ -35,10 +36,14 @@ from ._domain import Domain
 from ._errors import ConnectionLost, CQRSError
 from ._gc import tune_process
 from ._logging import configure_logging
+from ._metrics import Metrics
 from .net import Client, Follower, Server, parse_address
+from .net._http import HttpServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+    from anyio.abc import TaskGroup
 
 __all__ = ["load_domain", "main"]
 
@@ -93,6 +98,7 @@ async def _serve(args: argparse.Namespace) -> int:
             server = _server(app, args)
             async with anyio.create_task_group() as tg:
                 await tg.start(server.serve)
+                await _start_http(tg, app, args, server)
                 await _until_signal(signals)
                 tg.cancel_scope.cancel()  # the server drains first; then the App commits and closes
     return 0
@@ -134,10 +140,21 @@ async def _replica(args: argparse.Namespace) -> int:
                 await outer.start(follower.run)
                 async with anyio.create_task_group() as inner:
                     await inner.start(server.serve)
+                    await _start_http(inner, app, args, server, follower)
                     await _until_signal(signals)
                     inner.cancel_scope.cancel()  # the server answers what is in flight (probes still work)
                 outer.cancel_scope.cancel()
     return 0
+
+
+async def _start_http(
+    tg: TaskGroup, app: App, args: argparse.Namespace, server: Server, follower: Follower | None = None
+) -> None:
+    """With ``--http-port``: serve ``/metrics`` (Prometheus), ``/api/stats`` and the dashboard ``/``."""
+    if args.http_port is None:
+        return
+    metrics = Metrics(app, server=server, follower=follower)
+    await tg.start(HttpServer(metrics, host=args.host, port=args.http_port).serve)
 
 
 # -- one-shot clients ---------------------------------------------------------------------------------
@@ -218,6 +235,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--max-line", type=int, default=1 << 20, help="longest request line in bytes (1 MiB)")
         p.add_argument("--max-in-flight", type=int, default=1024, help="unanswered requests per connection")
         p.add_argument("--idle-timeout", type=float, default=300.0, help="close idle connections after (s)")
+        p.add_argument(
+            "--http-port", type=int, default=None, metavar="N", help="serve /metrics and the dashboard on N (0: any)"
+        )
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     serve = sub.add_parser("serve", help="run the writer and serve it")

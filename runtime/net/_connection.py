@@ -274,6 +274,7 @@ class Connection(asyncio.Protocol):
 
     def error(self, request_id: RequestId, error: CQRSError) -> None:
         self._server.errors += 1
+        self._server.errors_by_code[error.code] += 1
         try:
             line = encode_error(request_id, error.code, str(error))
         except (TypeError, ValueError, OverflowError):

@@ -98,6 +98,7 @@ class Ops:
 
     def handle(self, conn: Connection, request: Request) -> None:
         """Answer ``request`` now or arrange for a callback to; raises :class:`CQRSError` to answer an error."""
+        self._server.requests_by_op[request.__struct_config__.tag] += 1  # type: ignore[index]
         self._handlers[type(request)](conn, request)
 
     def handle_many(self, conn: Connection, requests: list[Request]) -> None:
@@ -127,11 +128,13 @@ class Ops:
                         query = decode(request.data)
                         answers.append(Ok(request.id, True, models_query(query), position))  # type: ignore[misc]
                     except Exception as exc:
+                        self._server.requests_by_op["query"] += 1
                         conn.fail(request.id, exc if replica is None or query is None else replica.failure(query, exc))
                     continue
             conn.dispatch(request)
         if replica is not None:
             replica.count_queries(len(answers))
+            self._server.requests_by_op["query"] += len(answers)
         if answers:
             conn.ok_many(answers)
 

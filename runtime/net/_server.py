@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import hmac
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn, Protocol, final
 
@@ -122,6 +123,8 @@ class Server:
         self._accepted = 0
         self.requests = 0
         self.errors = 0
+        self.requests_by_op: Counter[str] = Counter()  # for soloist._metrics; the fast path's queries counted per chunk
+        self.errors_by_code: Counter[str] = Counter()
 
     @property
     def address(self) -> str:
