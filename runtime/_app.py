@@ -105,7 +105,7 @@ class App:
         self.domain = domain
         self.path = Path(path)
         self.commands = TypeRegistry("command", domain.commands)
-        self.events = TypeRegistry("event", domain.events)
+        self.events = TypeRegistry("event", domain.events, upcasters=domain.upcasters)
         self.queries = TypeRegistry("query", domain.queries)
         self.states = TypeRegistry("state", domain.states) if domain.states else None
         self._replica_count = replicas
