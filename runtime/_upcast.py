@@ -75,7 +75,8 @@ def build_chains(kind: str, currents: Mapping[str, int], upcasters: Upcasters) -
     """
     by_type: dict[str, dict[int, Upcaster]] = {}
     for key, step in upcasters.items():
-        if not (isinstance(key, tuple) and len(key) == 2 and type(key[0]) is str and type(key[1]) is int):
+        given: object = key  # a domain's mapping is not type-checked at run time
+        if not (isinstance(given, tuple) and len(given) == 2 and type(given[0]) is str and type(given[1]) is int):
             raise TypeError(f"an upcaster key is (type name, from version), e.g. ('ProductAdded', 1); got {key!r}")
         name, version = key
         if name not in currents:
