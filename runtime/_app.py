@@ -565,9 +565,13 @@ class App:
         try:
             # caught up with the head it saw at start, then with the live copy (both follow the same broadcast)
             while not fresh.ready or (not old.stopped and fresh.position < old.position):
-                if fresh.stopped:
-                    raise Broken(f"the rebuild of {fresh.name} failed at position {fresh.position}; see the log")
-                await fresh.wait_for(max(old.position, broadcast.head if not fresh.ready else 0), timeout=3600)
+                try:
+                    await fresh.wait_for(max(old.position, broadcast.head if not fresh.ready else 0), timeout=3600)
+                except Broken:
+                    raise Broken(
+                        f"the rebuild of {fresh.name} failed at position {fresh.position}: its read models raised "
+                        "(see replica_apply_failed in the log); the live copy keeps serving"
+                    ) from None
             current = router.replicas[index]
             if current is not old:
                 raise Closed(f"{old.name} was replaced while it was rebuilt; the rebuild is abandoned")
