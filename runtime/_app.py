@@ -532,14 +532,16 @@ class App:
         return Digest(digest_of(replica.models), replica.position)
 
     async def rebuild(
-        self, index: int | None = None, *, read_models: Callable[[], ReadModels[Any]] | None = None
+        self, index: int | None = None, *, read_models: Callable[[], ReadModels[Any]] | None = None, chunk: int = 500
     ) -> list[Digest]:
         """Build fresh read models from the whole log beside the live ones; swap each in once caught up.
 
         ``index``: the replica slot to rebuild (None: every slot, one after another, so the others keep
         serving). ``read_models``: a factory for new read-model code (default: the domain's); a read model
-        added to a running service is built this way. The live replica keeps answering every query while
-        its replacement catches up from the log (the writer is never waited on); the swap is one
+        added to a running service is built this way. ``chunk``: events applied per step of the catch-up
+        (smaller: shorter stalls of the loop the writer and the live replicas share). The live replica keeps
+        answering every query while its replacement catches up from the log (the writer is never waited on),
+        through its own reader in ``chunk``-sized steps, then follows the broadcast live; the swap is one
         synchronous step once the fresh copy has applied at least what the live one had. Cancelling this
         call stops the rebuild and leaves the live replica serving. Returns each fresh copy's digest at
         the moment it was swapped in.
@@ -548,9 +550,11 @@ class App:
         indexes = range(len(router.replicas)) if index is None else [index]
         if index is not None and not 0 <= index < len(router.replicas):
             raise ValueError(f"replica index {index} is out of range: this app has {len(router.replicas)} replicas")
-        return [await self._rebuild_slot(i, read_models) for i in indexes]
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1 event, got {chunk}")
+        return [await self._rebuild_slot(i, read_models, chunk) for i in indexes]
 
-    async def _rebuild_slot(self, index: int, read_models: Callable[[], ReadModels[Any]] | None) -> Digest:
+    async def _rebuild_slot(self, index: int, read_models: Callable[[], ReadModels[Any]] | None, chunk: int) -> Digest:
         router, tg, broadcast = self.router, self._tg, self._broadcast
         if tg is None or broadcast is None:
             raise Closed("the app is not running; use `async with App(...) as app`")
@@ -560,6 +564,11 @@ class App:
             fresh.models = read_models()
         started = time.perf_counter()
         _log.info("rebuild_started", replica=fresh.name, head=self.position)
+        try:
+            await self._catch_up(fresh, chunk)
+        except BaseException:
+            _log.info("rebuild_abandoned", replica=fresh.name, position=fresh.position)
+            raise
         scope = await tg.start(self._run_fresh, fresh)
         swapped = False
         try:
@@ -594,6 +603,24 @@ class App:
             s=round(time.perf_counter() - started, 3),
         )
         return digest
+
+    async def _catch_up(self, fresh: Replica, chunk: int) -> None:
+        """Apply the log to a fresh replica in small chunks from its own reader, until a short chunk (the head).
+
+        Small chunks are what keeps the writer and the live replicas going: each chunk is applied in one
+        synchronous step, and the loop serves the others between two (the reader fetches the next chunk on
+        its thread meanwhile). The replica then follows the broadcast from where this ends.
+        """
+        async with LogReader(self.path, self.events) as reader:
+            async for events in reader.scan(after=fresh.position, chunk=chunk):
+                if not fresh.apply_batch(Batch(events=tuple(events)), sample_lag=False):
+                    raise Broken(
+                        f"the rebuild of {fresh.name} failed at position {fresh.position}: its read models raised "
+                        "(see replica_apply_failed in the log); the live copy keeps serving"
+                    )
+                if len(events) < chunk:
+                    return
+                await anyio.lowlevel.checkpoint()  # a cached chunk comes back without a hop: yield anyway
 
     async def _run_fresh(self, fresh: Replica, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]) -> None:
         """Run a replica built beside the live one; once swapped in, it fails and is rebuilt like any replica."""

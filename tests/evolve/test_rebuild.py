@@ -165,6 +165,8 @@ class TestRebuild:
                 await app.rebuild(2)
             with pytest.raises(Exception, match="has 2 replicas"):
                 app.start_rebuild(5)
+            with pytest.raises(ValueError, match="chunk must be at least 1"):
+                await app.rebuild(0, chunk=0)
 
 
 def _raise() -> None:
