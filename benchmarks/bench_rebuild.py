@@ -13,11 +13,12 @@ then ``ProductRestocked`` events, written directly, synchronous=FULL afterwards.
 3. the writer's saturation: ``Restock`` commands/s with 100 concurrent submitters for ``--seconds``.
 4. half load, without and then with a rebuild: an open-loop producer submits at half the saturation
    rate; 4 query tasks each ask a ``strong`` ``GetProduct`` every millisecond (latency = from the ask to the
-   answer, so loop stalls show). Phase "rebuild": ``App.rebuild(0)`` builds replica 0 from the whole log
-   while that load runs; phase "baseline": the same load for as long, no rebuild. Reported: rebuild
+   answer, so loop stalls show). Phase "rebuild": ``App.rebuild(0, chunk=...)`` builds replica 0 from the
+   whole log while that load runs, once per ``--chunks`` size; phase "baseline": the same load for as long
+   as the longest rebuild, no rebuild. Reported: rebuild
    events/s (the log's head at the swap / the rebuild's wall time), commands/s achieved, query p50/p99/max.
 
-    python benchmarks/bench_rebuild.py [--events 200000 | --full] [--seconds 3]
+    python benchmarks/bench_rebuild.py [--events 200000 | --full] [--seconds 3] [--chunks 500,4000]
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ async def saturation(path: Path, seconds: float) -> float:
         return (app.position - start) / (time.perf_counter() - t0)
 
 
-async def half_load(path: Path, rate: float, seconds: float | None) -> dict[str, Any]:
+async def half_load(path: Path, rate: float, seconds: float | None, chunk: int = 500) -> dict[str, Any]:
     """The load (commands at ``rate``/s, strong queries) with a rebuild (``seconds`` None) or for ``seconds``."""
     latencies: list[float] = []
     async with App(DOMAIN, path, replicas=2) as app:
@@ -199,7 +200,7 @@ async def half_load(path: Path, rate: float, seconds: float | None) -> dict[str,
             for n in range(4):
                 tg.start_soon(ask, n)
             if seconds is None:
-                digests = await app.rebuild(0)
+                digests = await app.rebuild(0, chunk=chunk)
                 elapsed = time.perf_counter() - t0
                 result["rebuild_s"] = elapsed
                 result["rebuild_events_per_s"] = digests[0].position / elapsed
@@ -226,6 +227,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--full", action="store_true", help="1M events")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--chunks", default="500,4000", help="rebuild chunk sizes to compare, comma-separated (default 500,4000)"
+    )
     args = parser.parse_args()
     events = 1_000_000 if args.full else args.events
     configure_logging("warning")
@@ -253,9 +257,13 @@ def main() -> None:
 
         saturated = uvloop.run(saturation(copy("sat.db"), args.seconds))
         rate = saturated / 2
-        with_rebuild = uvloop.run(half_load(copy("rebuild.db"), rate, None))
-        baseline = uvloop.run(half_load(copy("base.db"), rate, max(args.seconds, with_rebuild["seconds"])))
-        results.update(saturation_commands_per_s=saturated, half_rate=rate, rebuild=with_rebuild, baseline=baseline)
+        rebuilds = {
+            f"rebuild chunk={chunk}": uvloop.run(half_load(copy(f"rebuild{chunk}.db"), rate, None, int(chunk)))
+            for chunk in args.chunks.split(",")
+        }
+        longest = max(r["seconds"] for r in rebuilds.values())
+        baseline = uvloop.run(half_load(copy("base.db"), rate, max(args.seconds, longest)))
+        results.update(saturation_commands_per_s=saturated, half_rate=rate, rebuilds=rebuilds, baseline=baseline)
         print_table(
             f"half load ({rate:,.0f} commands/s offered; saturation {saturated:,.0f}/s)",
             ["phase", "s", "rebuild ev/s", "cmds/s", "queries", "q p50 ms", "q p99 ms", "q max ms"],
@@ -270,7 +278,7 @@ def main() -> None:
                     r["query_p99_ms"],
                     r["query_max_ms"],
                 )
-                for name, r in (("rebuild", with_rebuild), ("baseline", baseline))
+                for name, r in [*rebuilds.items(), ("baseline", baseline)]
             ],
         )
     write_json("rebuild", results)
