@@ -44,6 +44,7 @@ from ._errors import StorageFull as StorageFull
 from ._errors import TooLarge as TooLarge
 from ._errors import Unauthorized as Unauthorized
 from ._errors import UnknownOp as UnknownOp
+from ._errors import UnknownSchemaVersion as UnknownSchemaVersion
 from ._errors import UnknownType as UnknownType
 from ._errors import UpstreamUnavailable as UpstreamUnavailable
 from ._errors import WriterLocked as WriterLocked
@@ -93,6 +94,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "UnknownOp",
+    "UnknownSchemaVersion",
     "UnknownType",
     "UpstreamUnavailable",
     "WriterLocked",

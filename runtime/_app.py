@@ -12,6 +12,7 @@ replicas and queries work exactly as on the writer. Commands get :class:`NotWrit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from contextlib import AsyncExitStack
@@ -24,7 +25,8 @@ import msgspec
 import structlog
 
 from ._broadcast import Broadcast, Subscription, SubscriptionStatistics
-from ._errors import Closed, CQRSError, LogCorrupted, NotWriter
+from ._digest import Digest, digest_of
+from ._errors import BadRequest, Broken, Closed, ConcurrencyError, CQRSError, LogCorrupted, NotWriter
 from ._gc import gc_paused
 from ._guard import SingleWriterGuard
 from ._log import EventLog, LogReader, LogScanner, Synchronous, check_contiguous
@@ -35,14 +37,13 @@ from ._snapshot import SnapshotStore
 from ._writer import Writer, WriterStatistics
 
 if TYPE_CHECKING:
-    import asyncio
     import os
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
     from anyio.abc import TaskGroup
 
-    from ._domain import Domain
+    from ._domain import Domain, ReadModels
     from ._store import EventRow
 
 __all__ = ["App", "AppStatistics"]
@@ -106,7 +107,7 @@ class App:
         self.domain = domain
         self.path = Path(path)
         self.commands = TypeRegistry("command", domain.commands)
-        self.events = TypeRegistry("event", domain.events)
+        self.events = TypeRegistry("event", domain.events, upcasters=domain.upcasters)
         self.queries = TypeRegistry("query", domain.queries)
         self.states = TypeRegistry("state", domain.states) if domain.states else None
         self._replica_count = replicas
@@ -138,6 +139,7 @@ class App:
         self._replica_scopes: dict[str, anyio.CancelScope] = {}
         self._rebuild_delays: dict[str, float] = {}
         self._rebuild_backoff = rebuild_backoff  # (first delay, longest delay) before a failed replica is rebuilt
+        self._background_rebuild: tuple[anyio.CancelScope, asyncio.Future[list[Digest]]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -544,3 +546,171 @@ class App:
             replicas=tuple(r.statistics() for r in replicas),
             subscriptions=tuple(s.statistics() for s in subscriptions),
         )
+
+    # -- evolution: replay digest, rebuild beside the live read models ---------------------------------
+
+    async def digest(
+        self, *, consistency: Consistency = "eventual", min_position: int | None = None, timeout: float | None = None
+    ) -> Digest:
+        """The digest of one replica's read models (see :mod:`runtime._digest`), routed like a query.
+
+        The replica is picked by the one router at the asked consistency; the digest is computed in one
+        synchronous step, at the position it returns.
+        """
+        router = self.router
+        target = router.target(consistency, min_position)
+        while (replica := router.replica_for(target)) is None:
+            await router.wait_for(target, timeout)
+        return Digest(digest_of(replica.models), replica.position)
+
+    async def rebuild(
+        self, index: int | None = None, *, read_models: Callable[[], ReadModels[Any]] | None = None, chunk: int = 500
+    ) -> list[Digest]:
+        """Build fresh read models from the whole log beside the live ones; swap each in once caught up.
+
+        ``index``: the replica slot to rebuild (None: every slot, one after another, so the others keep
+        serving). ``read_models``: a factory for new read-model code (default: the domain's); a read model
+        added to a running service is built this way. ``chunk``: events applied per step of the catch-up
+        (smaller: shorter stalls of the loop the writer and the live replicas share). The live replica keeps
+        answering every query while its replacement catches up from the log (the writer is never waited on),
+        through its own reader in ``chunk``-sized steps, then follows the broadcast live; the swap is one
+        synchronous step once the fresh copy has applied at least what the live one had. Cancelling this
+        call stops the rebuild and leaves the live replica serving. Returns each fresh copy's digest at
+        the moment it was swapped in.
+        """
+        router = self.router
+        indexes = range(len(router.replicas)) if index is None else [index]
+        if index is not None and not 0 <= index < len(router.replicas):
+            raise ValueError(f"replica index {index} is out of range: this app has {len(router.replicas)} replicas")
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1 event, got {chunk}")
+        return [await self._rebuild_slot(i, read_models, chunk) for i in indexes]
+
+    async def _rebuild_slot(self, index: int, read_models: Callable[[], ReadModels[Any]] | None, chunk: int) -> Digest:
+        router, tg, broadcast = self.router, self._tg, self._broadcast
+        if tg is None or broadcast is None:
+            raise Closed("the app is not running; use `async with App(...) as app`")
+        old = router.replicas[index]
+        fresh = Replica(old.name, self.domain, broadcast)
+        if read_models is not None:
+            fresh.models = read_models()
+        started = time.perf_counter()
+        _log.info("rebuild_started", replica=fresh.name, head=self.position)
+        try:
+            await self._catch_up(fresh, chunk)
+        except BaseException:
+            _log.info("rebuild_abandoned", replica=fresh.name, position=fresh.position)
+            raise
+        scope = await tg.start(self._run_fresh, fresh)
+        swapped = False
+        try:
+            # caught up with the head it saw at start, then with the live copy (both follow the same broadcast)
+            while not fresh.ready or (not old.stopped and fresh.position < old.position):
+                try:
+                    await fresh.wait_for(max(old.position, broadcast.head if not fresh.ready else 0), timeout=3600)
+                except Broken:
+                    raise Broken(
+                        f"the rebuild of {fresh.name} failed at position {fresh.position}: its read models raised "
+                        "(see replica_apply_failed in the log); the live copy keeps serving"
+                    ) from None
+            current = router.replicas[index]
+            if current is not old:
+                raise Closed(f"{old.name} was replaced while it was rebuilt; the rebuild is abandoned")
+            live_scope = self._replica_scopes.pop(old.name, None)
+            router.replace(index, fresh)  # synchronous with the check above: no event applied in between
+            self._replica_scopes[fresh.name] = scope
+            swapped = True
+            if live_scope is not None:
+                live_scope.cancel()
+            digest = Digest(digest_of(fresh.models), fresh.position)
+        finally:
+            if not swapped:
+                scope.cancel()
+                _log.info("rebuild_abandoned", replica=fresh.name, position=fresh.position)
+        _log.info(
+            "rebuild_swapped",
+            replica=fresh.name,
+            position=digest.position,
+            digest=digest.digest,
+            s=round(time.perf_counter() - started, 3),
+        )
+        return digest
+
+    async def _catch_up(self, fresh: Replica, chunk: int) -> None:
+        """Apply the log to a fresh replica in small chunks from its own reader, until a short chunk (the head).
+
+        Small chunks are what keeps the writer and the live replicas going: each chunk is applied in one
+        synchronous step, and the loop serves the others between two (the reader fetches the next chunk on
+        its thread meanwhile). The replica then follows the broadcast from where this ends.
+        """
+        async with LogReader(self.path, self.events) as reader:
+            async for events in reader.scan(after=fresh.position, chunk=chunk):
+                if not fresh.apply_batch(Batch(events=tuple(events)), sample_lag=False):
+                    raise Broken(
+                        f"the rebuild of {fresh.name} failed at position {fresh.position}: its read models raised "
+                        "(see replica_apply_failed in the log); the live copy keeps serving"
+                    )
+                if len(events) < chunk:
+                    return
+                await anyio.lowlevel.checkpoint()  # a cached chunk comes back without a hop: yield anyway
+
+    async def _run_fresh(self, fresh: Replica, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]) -> None:
+        """Run a replica built beside the live one; once swapped in, it fails and is rebuilt like any replica."""
+        with anyio.CancelScope() as scope:
+            task_status.started(scope)  # the rebuild waits on its positions, and cancels it if abandoned
+            await fresh.run()
+        index = next((i for i, r in enumerate(self.router.replicas) if r is fresh), None)
+        if not fresh.failed or scope.cancel_called or index is None:
+            return
+        delay = self._rebuild_backoff[0]
+        _log.warning("replica_rebuild_scheduled", replica=fresh.name, position=fresh.position, in_s=delay)
+        await anyio.sleep(delay)  # a real back-off, not ordering
+        await self.rebuild_replica(index)
+
+    def start_rebuild(
+        self, index: int | None = None, *, read_models: Callable[[], ReadModels[Any]] | None = None
+    ) -> asyncio.Future[list[Digest]]:
+        """:meth:`rebuild` in the background (one at a time); a future of its digests. For the ``rebuild`` op.
+
+        :class:`ConcurrencyError` if a rebuild started this way is still running; :meth:`cancel_rebuild`
+        stops it (its future is then cancelled).
+        """
+        if self._tg is None:
+            raise Closed("the app is not running; use `async with App(...) as app`")
+        if self._background_rebuild is not None:
+            raise ConcurrencyError(
+                "a rebuild is already running; wait for its answer, or cancel it (op rebuild with cancel: true)"
+            )
+        if index is not None and not 0 <= index < len(self.router.replicas):
+            raise BadRequest(
+                f"replica index {index} is out of range: this app has {len(self.router.replicas)} replicas",
+                field="replica",
+            )
+        future: asyncio.Future[list[Digest]] = asyncio.get_running_loop().create_future()
+        scope = anyio.CancelScope()
+        self._background_rebuild = (scope, future)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    result = await self.rebuild(index, read_models=read_models)
+                    if not future.done():
+                        future.set_result(result)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            finally:
+                self._background_rebuild = None
+                if not future.done():
+                    future.cancel()
+
+        self._tg.start_soon(run)
+        return future
+
+    def cancel_rebuild(self) -> bool:
+        """Cancel the rebuild :meth:`start_rebuild` runs; False if none is running. The live copies keep serving."""
+        running = self._background_rebuild
+        if running is None:
+            return False
+        running[0].cancel()
+        return True

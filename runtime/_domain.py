@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from ._errors import CQRSError
     from ._messages import RecordedEvent
+    from ._upcast import Upcasters
 
 __all__ = ["Domain", "ReadModels"]
 
@@ -60,6 +61,8 @@ class Domain(Generic[S, C, E, Q]):
     - ``errors``: domain exception class -> runtime error class (e.g. ``RuleViolation -> DomainError``).
     - ``seed``: commands to run when the log is empty (used by ``soloist serve``).
     - ``states``: the classes ``evolve`` returns; without them the write model is rebuilt from the log.
+    - ``upcasters``: ``(event type name, from version) -> step`` to read events written with an older
+      ``__schema__`` as the current one (see ``docs/evolution.md``).
     """
 
     name: str
@@ -74,6 +77,7 @@ class Domain(Generic[S, C, E, Q]):
     states: Sequence[type] = ()  # the write-model state classes (Structs): lets the writer checkpoint its model
     seed: Callable[[], Sequence[object]] | None = None
     affects: Callable[[E], Sequence[str]] | None = None
+    upcasters: Upcasters = field(default_factory=dict)  # (event type, from version) -> step to version + 1
 
     def translate(self, exc: Exception) -> CQRSError | None:
         """The runtime error for a domain exception, or None if the domain did not declare it."""

@@ -27,6 +27,7 @@ class, so a client re-raises exactly the class the server raised (:func:`error_f
     │   ├── StorageFull         storage_full          SQLITE_FULL: the disk (or max_page_count) is full
     │   ├── ReadOnlyStorage     read_only_storage     SQLITE_READONLY / permission denied
     │   ├── LogCorrupted        log_corrupted         the log breaks an invariant (gap, bad checksum)
+    │   │   └── UnknownSchemaVersion unknown_schema   an event of a schema version this process cannot read
     │   ├── WriterLocked        writer_locked         another process owns this log's writer lock
     │   ├── Fenced              fenced                this writer lost its lease on a shared (PostgreSQL) log
     │   ├── NotALog             not_a_log             the file is not SQLite, or an SQLite file of something else
@@ -78,6 +79,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "UnknownOp",
+    "UnknownSchemaVersion",
     "UnknownType",
     "UpstreamUnavailable",
     "WriterLocked",
@@ -309,6 +311,31 @@ class LogCorrupted(PersistenceError):
     """The log breaks one of its invariants (a gap in positions, a version out of order)."""
 
     code = "log_corrupted"
+
+
+class UnknownSchemaVersion(LogCorrupted):
+    """An event whose schema version this process cannot read: newer than its code, or older than its upcasters."""
+
+    code = "unknown_schema"
+
+    def __init__(self, type_name: str, schema: int, current: int, *, oldest: int | None = None, at: str = "") -> None:
+        self.type_name = type_name
+        self.schema = schema
+        self.current = current
+        where = f" {at}" if at else ""
+        if schema > current:
+            message = (
+                f"event {type_name!r}{where} is schema version {schema}, but this process knows it only up to "
+                f"version {current}: a newer writer wrote it; upgrade this process (its domain code) "
+                "before it reads this log"
+            )
+        else:
+            message = (
+                f"event {type_name!r}{where} is schema version {schema}, but this process has upcasters for it only "
+                f"from version {oldest if oldest is not None else current} to {current}: register an upcaster "
+                f"({type_name!r}, {schema}) -> version {schema + 1} in the domain's upcasters"
+            )
+        super().__init__(message)
 
 
 class WriterLocked(PersistenceError):

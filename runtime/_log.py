@@ -125,10 +125,21 @@ def decode_chunk(text: str | bytes | None, events: TypeRegistry) -> list[Recorde
         # json_group_array keeps the subquery's order in practice, but SQLite does not promise it:
         # sorting an already sorted list is one C pass.
         rows.sort(key=_first)
-        return [
-            make(position, stream, version, type_name, decode(type_name, data), recorded_at, command_id, key, schema)
+        out = [
+            make(
+                position,
+                stream,
+                version,
+                type_name,
+                decode(type_name, data, schema),
+                recorded_at,
+                command_id,
+                key,
+                schema,
+            )
             for position, stream, version, type_name, schema, data, command_id, key, recorded_at in rows
         ]
+        return events.as_current(out) if events.upcasting else out  # upcast: schema describes the data
 
 
 _first = operator.itemgetter(0)

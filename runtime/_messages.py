@@ -24,9 +24,12 @@ from typing import TYPE_CHECKING, Final, NamedTuple, final
 import msgspec
 
 from ._errors import BadRequest, UnknownType
+from ._upcast import UpcastChain, build_chains
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+
+    from ._upcast import Upcasters
 
 __all__ = [
     "Answer",
@@ -58,10 +61,10 @@ class RecordedEvent(NamedTuple):
     recorded_at: float
     command_id: str = ""
     idempotency_key: str | None = None
-    schema: int = 1
+    schema: int = 1  # the schema version of ``data`` (read from the log: upcast to the current one)
 
     def to_wire(self) -> dict[str, object]:
-        """The event as the socket protocol sends it."""
+        """The event as the socket protocol sends it (``schema``: the version of ``data`` as sent)."""
         return {
             "position": self.position,
             "stream": self.stream,
@@ -69,6 +72,7 @@ class RecordedEvent(NamedTuple):
             "type": self.type,
             "data": self.data,
             "recorded_at": self.recorded_at,
+            "schema": self.schema,
         }
 
 
@@ -133,23 +137,41 @@ _plain: Final = msgspec.json.Decoder().decode
 class _Entry(NamedTuple):
     cls: type
     decoder: msgspec.json.Decoder[object]
-    schema: int
+    schema: int  # the current schema version (the class's ``__schema__``, 1 when absent)
 
 
 @final
 class TypeRegistry:
     """Type names <-> message classes for one kind of message (commands, events, queries or states)."""
 
-    __slots__ = ("_by_class", "_by_name", "_kind", "_strict")
+    __slots__ = ("_by_class", "_by_name", "_chains", "_kind", "_stored", "_strict", "upcasting")
 
-    def __init__(self, kind: str, classes: Iterable[type] = (), *, forbid_unknown_fields: bool | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        classes: Iterable[type] = (),
+        *,
+        forbid_unknown_fields: bool | None = None,
+        upcasters: Upcasters | None = None,
+    ) -> None:
         self._kind = kind
         # untrusted kinds must refuse unknown fields; events and states are read back from our own log
         self._strict = kind in ("command", "query") if forbid_unknown_fields is None else forbid_unknown_fields
         self._by_name: dict[str, _Entry] = {}
         self._by_class: dict[type, str] = {}
+        # type name -> (bound decode, current schema): what decode_stored needs, in one lookup and one unpack
+        self._stored: dict[str, tuple[Callable[[bytes | msgspec.Raw], object], int]] = {}
+        self._chains: dict[str, UpcastChain] = {}
+        self.upcasting = False  # True once some type has an upcaster (then readers fix up schema numbers)
         for cls in classes:
             self.register(cls)
+        if upcasters:
+            self.set_upcasters(upcasters)
+
+    def set_upcasters(self, upcasters: Upcasters) -> None:
+        """Check and install the upcasters (``(type name, from version) -> step``, see :mod:`._upcast`)."""
+        self._chains = build_chains(self._kind, {n: e.schema for n, e in self._by_name.items()}, upcasters)
+        self.upcasting = any(chain.steps for chain in self._chains.values())
 
     def register(self, cls: type) -> None:
         """Register a frozen msgspec Struct under its type name; its decoder is compiled now."""
@@ -166,7 +188,9 @@ class TypeRegistry:
         name = getattr(cls, "__type_name__", cls.__name__)
         if name in self._by_name:
             raise ValueError(f"{self._kind} type name {name!r} is registered twice")
-        self._by_name[name] = _Entry(cls, msgspec.json.Decoder(cls), int(getattr(cls, "__schema__", 1)))
+        entry = _Entry(cls, msgspec.json.Decoder(cls), int(getattr(cls, "__schema__", 1)))
+        self._by_name[name] = entry
+        self._stored[name] = (entry.decoder.decode, entry.schema)
         self._by_class[cls] = name
 
     @property
@@ -204,25 +228,79 @@ class TypeRegistry:
             raise UnknownType(self._kind, type_name, self.names)
         return entry.decoder.decode
 
-    def decode_stored(self, type_name: str, data: bytes | msgspec.Raw) -> object:
-        """Decode an event the log holds (JSON this registry's classes produced).
+    def current_schema(self, type_name: str, schema: int = 1) -> int:
+        """The schema version a message of ``type_name`` has once read (``schema`` for an unknown type)."""
+        entry = self._by_name.get(type_name)
+        return schema if entry is None else entry.schema
 
+    def decode_stored(self, type_name: str, data: bytes | msgspec.Raw, schema: int | None = None) -> object:
+        """Decode an event the log holds (JSON this registry's classes produced), as its current version.
+
+        ``schema`` is the version it was written with (None: the current one). The current version takes
+        msgspec's one-call decode; an older one is decoded to a dict, upcast (:mod:`._upcast`) and built;
+        a newer one (or one older than the oldest upcaster) raises :class:`UnknownSchemaVersion`.
         An event type this process does not know is kept as plain JSON values, so a reader of the log
         (a follower, a subscriber) still carries it.
         """
-        entry = self._by_name.get(type_name)
-        if entry is None:
+        found = self._stored.get(type_name)
+        if found is None:
             return _plain(data)
-        return entry.decoder.decode(data)
+        decode, current = found
+        if schema == current or schema is None:  # the fast path: one msgspec call, as before versions
+            return decode(data)
+        return self._upcast(type_name, self._by_name[type_name], data, schema)
 
-    def decode(self, type_name: object, data: object, *, prefix: str = "") -> object:
+    def _upcast(
+        self, type_name: str, entry: _Entry, data: bytes | msgspec.Raw | dict[str, object], schema: int
+    ) -> object:
+        chain = self._chains.get(type_name) or UpcastChain(type_name, entry.schema, entry.schema, ())
+        value = chain.upcast(data, schema)
+        try:
+            return msgspec.convert(value, entry.cls)
+        except msgspec.MsgspecError as exc:
+            error = bad_request_from(exc)
+            raise TypeError(
+                f"the upcasters of {self._kind} {type_name!r} from version {schema} built an invalid version "
+                f"{entry.schema} ({error}): fix the upcaster so its result matches {entry.cls.__name__}"
+            ) from None
+
+    def event_decoder(self, type_name: str, schema: int, data: bytes) -> object:
+        """:meth:`decode_stored` in the store port's decoder signature (``EventDecoder``)."""
+        return self.decode_stored(type_name, data, schema)
+
+    def as_current(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
+        """The same events with ``schema`` set to the version their (upcast) data now has.
+
+        Called by readers of the log after :meth:`decode_stored` when :attr:`upcasting` is on, so that a
+        recorded event's ``schema`` always describes its ``data`` (a follower re-encodes and stores it so).
+        """
+        by_name = self._by_name
+        out = events
+        for i, event in enumerate(events):
+            entry = by_name.get(event.type)
+            if entry is not None and event.schema != entry.schema:
+                if out is events:
+                    out = list(events)
+                out[i] = event._replace(schema=entry.schema)
+        return out
+
+    def decode(self, type_name: object, data: object, *, prefix: str = "", schema: int | None = None) -> object:
         """Build a message from its type name and its data: JSON bytes, or JSON-native Python values.
 
+        ``schema``: the version ``data`` is at (None: the current one); an older one is upcast, a newer
+        one refused (:class:`UnknownSchemaVersion`).
         :class:`BadRequest` names any bad field; :class:`UnknownType` lists the known type names.
         """
         entry = self._by_name.get(type_name) if type(type_name) is str else None
         if entry is None:
             raise UnknownType(self._kind, type_name, self.names)
+        if schema is not None and schema != entry.schema:
+            assert type(type_name) is str
+            if isinstance(data, dict):
+                return self._upcast(type_name, entry, data, schema)
+            if isinstance(data, bytes | msgspec.Raw):
+                return self._upcast(type_name, entry, data, schema)
+            raise BadRequest(f"expected a JSON object, got {type(data).__name__}", field=prefix or None)
         try:
             if isinstance(data, bytes | bytearray | memoryview | msgspec.Raw):
                 return entry.decoder.decode(data)

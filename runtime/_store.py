@@ -47,7 +47,7 @@ KeyRow = tuple[str, str, int, str]
 
 # (type name, schema version, the event's JSON as stored) -> the domain event. Bytes, so that a msgspec
 # decoder builds the event straight from them (one pass, no intermediate dicts); wiring with a registry:
-# ``lambda type_name, schema, data: registry.decode_stored(type_name, data)``.
+# ``registry.event_decoder`` (which upcasts older schema versions, see ``runtime/_upcast.py``).
 EventDecoder = Callable[[str, int, bytes], object]
 
 

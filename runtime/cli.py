@@ -10,6 +10,8 @@
     soloist send    ['{"op": "ping"}'] [--host] [--port] [--unix] [--token]   (JSON from argv or stdin)
     soloist stats   [--host] [--port] [--unix] [--token]
     soloist backup  --db PATH OUT      (a consistent copy of the log, safe while the server runs)
+    soloist verify  [--db soloist.db] [--domain module:ATTR] [--upto P]   (offline replay digest, JSON)
+    soloist rebuild [--replica N] [--cancel] [--host] [--port] [--unix] [--token]
 
 Servers run on uvloop, log JSON lines to stderr (one ``server_listening`` line once they accept
 connections) and stop cleanly on SIGINT/SIGTERM: stop listening, answer what is in flight, commit,
@@ -32,6 +34,7 @@ import structlog
 
 from ._app import App
 from ._backup import backup
+from ._digest import replay_digest
 from ._domain import Domain
 from ._errors import ConnectionLost, CQRSError
 from ._gc import tune_process
@@ -216,6 +219,26 @@ async def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _verify(args: argparse.Namespace) -> int:
+    """Replay the whole log offline into fresh read models; print ``{"digest", "position"}`` (as the op)."""
+    domain = load_domain(args.domain)
+    found = await anyio.to_thread.run_sync(lambda: replay_digest(domain, args.db, upto=args.upto))
+    _print(found.to_wire())
+    return 0
+
+
+async def _rebuild(args: argparse.Namespace) -> int:
+    request: dict[str, object] = {"id": 1, "op": "rebuild"}
+    if args.replica is not None:
+        request["replica"] = args.replica
+    if args.cancel:
+        request["cancel"] = True
+    async with _client(args) as client:
+        answer = await client.request(request)
+    _print(answer)
+    return 0 if answer.get("ok") is True else 1
+
+
 # -- arguments ----------------------------------------------------------------------------------------
 
 
@@ -265,6 +288,14 @@ def _parser() -> argparse.ArgumentParser:
     copy = sub.add_parser("backup", help="copy a log consistently while its server runs (SQLite online backup)")
     copy.add_argument("--db", required=True, help="the event log to copy")
     copy.add_argument("out", help="the new file to write (must not exist)")
+    verify = sub.add_parser("verify", help="replay the log offline; print the read models' digest at its head")
+    verify.add_argument("--db", default="soloist.db", help="SQLite event log (default soloist.db)")
+    verify.add_argument("--domain", default=DEFAULT_DOMAIN, help=f"module:ATTR of a soloist.Domain ({DEFAULT_DOMAIN})")
+    verify.add_argument("--upto", type=int, default=None, metavar="P", help="stop at position P (default: the head)")
+    rebuild = sub.add_parser("rebuild", help="rebuild a server's read models beside the live ones, then swap")
+    rebuild.add_argument("--replica", type=int, default=None, metavar="N", help="one replica slot (default: all)")
+    rebuild.add_argument("--cancel", action="store_true", help="cancel the running rebuild instead")
+    client_options(rebuild)
     return parser
 
 
@@ -274,6 +305,8 @@ _COMMANDS: Final[dict[str, Callable[[argparse.Namespace], Awaitable[int]]]] = {
     "send": _send,
     "stats": _stats,
     "backup": _backup,
+    "verify": _verify,
+    "rebuild": _rebuild,
 }
 
 

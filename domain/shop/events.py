@@ -7,12 +7,16 @@ Frozen msgspec Structs, like the commands; the log stores each as its JSON.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .message import Message
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = [
     "EVENTS",
+    "UPCASTERS",
     "CustomerRegistered",
     "Event",
     "CancelledLine",
@@ -28,6 +32,7 @@ __all__ = [
     "affects",
     "customer_stream",
     "order_stream",
+    "product_added_v1_to_v2",
     "product_stream",
     "stream_of",
 ]
@@ -61,12 +66,24 @@ class CustomerRegistered(Message, frozen=True, kw_only=True):
 
 
 class ProductAdded(Message, frozen=True, kw_only=True):
+    """Schema version 2: ``currency`` (ISO 4217) was added; version 1 events are read through
+    :func:`product_added_v1_to_v2` (every product of that time was priced in euros)."""
+
+    __schema__ = 2  # unannotated: a class attribute, not a field
+
     sku: str
     name: str
     category: str
     price_cents: int
     stock: int
     description: str
+    currency: str = "EUR"
+
+
+def product_added_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """ProductAdded v1 -> v2: the shop sold in euros only before prices carried a currency."""
+    data["currency"] = "EUR"
+    return data
 
 
 class PriceChanged(Message, frozen=True, kw_only=True):
@@ -209,3 +226,9 @@ def affects(event: object) -> tuple[str, ...]:
 
 def _names(types: tuple[type, ...]) -> str:
     return ", ".join(t.__name__ for t in types)
+
+
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("ProductAdded", 1): product_added_v1_to_v2,
+}
+"""(event type, from schema version) -> the step to the next version; handed to the runtime by the wiring."""

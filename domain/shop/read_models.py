@@ -77,6 +77,7 @@ class _Product(TypedDict):
     description: str
     price_cents: int
     stock: int
+    currency: str  # ISO 4217 (ProductAdded v2; "EUR" for products added before)
     units_sold: int  # units in orders that are not cancelled
     revenue_cents: int  # sum of quantity * unit price over those orders
 
@@ -236,6 +237,7 @@ class ShopReadModels:
             "description": event.description,
             "price_cents": event.price_cents,
             "stock": event.stock,
+            "currency": event.currency,
             "units_sold": 0,
             "revenue_cents": 0,
         }
@@ -555,6 +557,8 @@ class ShopReadModels:
         self._rebuild_indexes()
 
     def _rebuild_indexes(self) -> None:
+        for product in self._products.values():
+            product.setdefault("currency", "EUR")  # a checkpoint taken before ProductAdded v2
         self._index = {}
         self._by_category = {}
         self._by_name = []

@@ -10,7 +10,7 @@ from .commands import COMMANDS
 from .decider import decide, evolve
 from .errors import InvalidQuery, RuleViolation
 from .errors import NotFound as ShopNotFound
-from .events import EVENTS, affects, stream_of
+from .events import EVENTS, UPCASTERS, affects, stream_of
 from .queries import QUERIES
 from .read_models import ShopReadModels
 from .seed import seed_commands
@@ -66,4 +66,5 @@ DOMAIN: Domain[State, Command, Event, Query] = Domain(
     seed=seed_commands,
     states=(CustomerState, ProductState, OrderState),
     affects=affects,
+    upcasters=UPCASTERS,
 )

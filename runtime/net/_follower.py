@@ -81,7 +81,8 @@ def _recorded(wire: dict[str, object], app: App) -> RecordedEvent:
         or not isinstance(recorded_at, int | float)
     ):
         raise LogCorrupted(f"malformed event from the upstream: {wire!r}")
-    data = app.events.decode(type_name, wire.get("data"))
+    schema = wire.get("schema")  # the version of "data" as the writer sent it (absent from older writers)
+    data = app.events.decode(type_name, wire.get("data"), schema=schema if type(schema) is int else None)
     return RecordedEvent(
         position=position,
         stream=stream,
@@ -89,7 +90,7 @@ def _recorded(wire: dict[str, object], app: App) -> RecordedEvent:
         type=type_name,
         data=data,
         recorded_at=float(recorded_at),
-        schema=app.events.schema_of(data),
+        schema=app.events.current_schema(type_name, schema if type(schema) is int else 1),
     )
 
 

@@ -13,14 +13,17 @@ from typing import TYPE_CHECKING, final
 
 import structlog
 
+from .._digest import Digest, digest_of
 from .._errors import ActorStopped, BadRequest, ConsistencyTimeout, CQRSError, InternalError
 from ._errors import CommandTimeout, Unauthorized, UpstreamUnavailable
 from ._framing import Ok
 from ._requests import (
     AuthRequest,
     CommandRequest,
+    DigestRequest,
     PingRequest,
     QueryRequest,
+    RebuildRequest,
     Request,
     RequestId,
     StatsRequest,
@@ -94,6 +97,8 @@ class Ops:
             StatsRequest: self._stats,
             AuthRequest: self._auth,  # type: ignore[dict-item]
             SubscribeRequest: self._subscribe,  # type: ignore[dict-item]
+            DigestRequest: self._digest,  # type: ignore[dict-item]
+            RebuildRequest: self._rebuild,  # type: ignore[dict-item]
         }
 
     def handle(self, conn: Connection, request: Request) -> None:
@@ -304,3 +309,89 @@ class Ops:
                 field="from_position",
             )
         conn.start_subscription(request.id, self._app.subscribe(after))
+
+    # -- digest, rebuild ------------------------------------------------------------------------------
+
+    def _digest(self, conn: Connection, request: DigestRequest) -> None:
+        """Answer ``{"digest", "position"}`` from the replica the router picks at the asked consistency."""
+        router = self._app.router
+        timeout = router.timeout if request.timeout_ms is None else request.timeout_ms / 1000.0
+        deadline = self._loop.time() + timeout
+        upstream = self._server.upstream
+        if request.consistency == "strong" and upstream is not None:
+            pending = Pending(conn, request.id)
+            pending.timer = self._loop.call_later(timeout, self._head_timed_out, pending, upstream.address, timeout)
+            head = upstream.head_future()
+            head.add_done_callback(lambda f: self._digest_at_head(conn, pending, f, deadline))
+            return
+        target = router.target(request.consistency, request.min_position)  # BadRequest before taking a slot
+        self._digest_at(conn, Pending(conn, request.id), target, deadline)
+
+    def _digest_at_head(self, conn: Connection, pending: Pending, head: asyncio.Future[int], deadline: float) -> None:
+        try:
+            target = head.result()
+        except (Exception, asyncio.CancelledError) as exc:
+            pending.fail(exc)
+            return
+        if pending.done:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+        self._digest_at(conn, pending, target, deadline)
+
+    def _digest_at(self, conn: Connection, pending: Pending, target: int, deadline: float) -> None:
+        """Answer now if a replica is at ``target``, else once one is (callbacks, no task), or time out."""
+        router = self._app.router
+        try:
+            replica = router.replica_for(target)
+        except Exception as exc:
+            pending.fail(exc)
+            return
+        if replica is not None:
+            answer = Digest(digest_of(replica.models), replica.position)  # one synchronous step: models still
+            pending.ok(answer.to_wire(), answer.position)
+            return
+        remaining = max(0.0, deadline - self._loop.time())
+        future = router.wait_future(target)
+        pending.timer = self._loop.call_later(remaining, self._query_timed_out, pending, future, target, remaining)
+        conn.waits.add(future)
+
+        def ready(f: asyncio.Future[None]) -> None:
+            conn.waits.discard(f)
+            error = None if f.cancelled() else f.exception()
+            if pending.done:
+                return
+            if f.cancelled():
+                pending.fail(ActorStopped(f"the replicas stopped while the digest waited for position {target}"))
+            elif error is not None:
+                pending.fail(error)
+            else:
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                    pending.timer = None
+                self._digest_at(conn, pending, target, deadline)
+
+        future.add_done_callback(ready)
+
+    def _rebuild(self, conn: Connection, request: RebuildRequest) -> None:
+        """Start a rebuild (answered when every fresh copy is swapped in) or cancel the running one."""
+        app = self._app
+        if request.cancel:
+            conn.ok(request.id, {"cancelled": app.cancel_rebuild()}, app.position)
+            return
+        future = app.start_rebuild(request.replica)
+        pending = Pending(conn, request.id)
+        future.add_done_callback(lambda f: self._rebuilt(pending, f))
+
+    def _rebuilt(self, pending: Pending, future: asyncio.Future[list[Digest]]) -> None:
+        if future.cancelled():
+            pending.fail(ActorStopped("the rebuild was cancelled; the live read models kept serving"))
+            return
+        exc = future.exception()
+        if exc is not None:
+            pending.fail(exc)
+            return
+        digests = future.result()
+        position = max(d.position for d in digests)
+        pending.ok({"replicas": [d.to_wire() for d in digests], "position": position}, position)

@@ -23,8 +23,10 @@ __all__ = [
     "OPS",
     "AuthRequest",
     "CommandRequest",
+    "DigestRequest",
     "PingRequest",
     "QueryRequest",
+    "RebuildRequest",
     "Request",
     "StatsRequest",
     "SubscribeRequest",
@@ -75,8 +77,32 @@ class SubscribeRequest(_Request, frozen=True, kw_only=True, tag="subscribe"):
     from_position: _NonNegativeInt = 0
 
 
-Request = PingRequest | StatsRequest | AuthRequest | CommandRequest | QueryRequest | SubscribeRequest
-OPS: Final = ("auth", "command", "ping", "query", "stats", "subscribe")
+class DigestRequest(_Request, frozen=True, kw_only=True, tag="digest"):
+    """The replay digest of one replica's read models, routed like a query (``docs/evolution.md``)."""
+
+    consistency: Literal["eventual", "session", "strong"] = "eventual"
+    min_position: _NonNegativeInt | None = None
+    timeout_ms: _Milliseconds | None = None
+
+
+class RebuildRequest(_Request, frozen=True, kw_only=True, tag="rebuild"):
+    """Rebuild read models from the log beside the live ones (``replica``: one slot; absent: all)."""
+
+    replica: _NonNegativeInt | None = None
+    cancel: bool = False  # cancel the running rebuild instead (the live copies keep serving)
+
+
+Request = (
+    PingRequest
+    | StatsRequest
+    | AuthRequest
+    | CommandRequest
+    | QueryRequest
+    | SubscribeRequest
+    | DigestRequest
+    | RebuildRequest
+)
+OPS: Final = ("auth", "command", "digest", "ping", "query", "rebuild", "stats", "subscribe")
 
 _decoder: Final = msgspec.json.Decoder(Request)
 _decode: Final = _decoder.decode
