@@ -7,13 +7,14 @@ A domain never imports the runtime. One small wiring module on the domain's side
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from ._errors import CQRSError
     from ._messages import RecordedEvent
+    from ._process import ProcessManager
 
 __all__ = ["Domain", "ReadModels"]
 
@@ -56,6 +57,7 @@ class Domain(Generic[S, C, E, Q]):
     - ``errors``: domain exception class -> runtime error class (e.g. ``RuleViolation -> DomainError``).
     - ``seed``: commands to run when the log is empty (used by ``soloist serve``).
     - ``states``: the classes ``evolve`` returns; without them the write model is rebuilt from the log.
+    - ``processes``: process managers (:class:`soloist.ProcessManager`) the writer App runs beside it.
     """
 
     name: str
@@ -69,6 +71,7 @@ class Domain(Generic[S, C, E, Q]):
     errors: Mapping[type[Exception], type[CQRSError]] = field(default_factory=dict)
     states: Sequence[type] = ()  # the write-model state classes (Structs): lets the writer checkpoint its model
     seed: Callable[[], Sequence[object]] | None = None
+    processes: Sequence[ProcessManager[Any]] = ()  # run by a writer App (not by followers); see runtime/_process.py
 
     def translate(self, exc: Exception) -> CQRSError | None:
         """The runtime error for a domain exception, or None if the domain did not declare it."""
