@@ -9,11 +9,16 @@ With a ``path`` it keeps its charges in a JSON-lines file (one line per key, wri
 answers) and reads it back on first use: so it stays idempotent across a restart, or a ``kill -9``, of the
 server that calls it, and a test can count the charges per order. It is "outside" the server in spirit; the
 file is how a test sees it. ``DemoGateway.from_env()`` takes the path from ``SOLOIST_SHOP_GATEWAY_FILE``.
+
+A crash hook for tests: with ``SOLOIST_SHOP_GATEWAY_CRASH=1`` in the environment, a *new* charge or decline of a
+token containing ``crash`` is written (and fsynced), then the process kills itself with SIGKILL: the ``kill -9``
+between the outside effect and the event that records it. A repeated key answers from the file and does not crash.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, final
@@ -24,10 +29,11 @@ import orjson
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["GATEWAY_FILE_ENV", "DemoGateway", "Outcome", "read_charges"]
+__all__ = ["CRASH_ENV", "GATEWAY_FILE_ENV", "DemoGateway", "Outcome", "read_charges"]
 
 Outcome = Literal["captured", "declined"]
 GATEWAY_FILE_ENV = "SOLOIST_SHOP_GATEWAY_FILE"
+CRASH_ENV = "SOLOIST_SHOP_GATEWAY_CRASH"
 
 
 def read_charges(path: str | os.PathLike[str]) -> list[dict[str, object]]:
@@ -42,9 +48,12 @@ def read_charges(path: str | os.PathLike[str]) -> list[dict[str, object]]:
 class DemoGateway:
     """The demo gateway (a fake, see the module docstring). Thread-safe; one instance per process."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, durable: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, durable: bool = True, crash_hook: bool = False
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self._durable = durable
+        self._crash_hook = crash_hook
         self._outcomes: dict[str, Outcome] | None = None  # key -> outcome; loaded from the file on first use
         self._lock = threading.Lock()
 
@@ -52,7 +61,7 @@ class DemoGateway:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> DemoGateway:
         """A gateway that keeps its charges in ``$SOLOIST_SHOP_GATEWAY_FILE`` (in memory if unset)."""
         path = environ.get(GATEWAY_FILE_ENV) or None
-        return cls(path)
+        return cls(path, crash_hook=environ.get(CRASH_ENV) == "1")
 
     async def capture(self, key: str, *, order_id: str, amount_cents: int, token: str) -> Outcome:
         """Charge ``amount_cents`` once per ``key``: "captured" or "declined"; never returns for ``timeout*`` tokens."""
@@ -79,6 +88,8 @@ class DemoGateway:
                     if self._durable:
                         os.fsync(file.fileno())
             outcomes[key] = outcome
+            if self._crash_hook and "crash" in str(record["token"]):
+                os.kill(os.getpid(), signal.SIGKILL)  # the test hook (see the module docstring)
             return outcome
 
     def _load(self) -> dict[str, Outcome]:
