@@ -6,7 +6,10 @@ Its state is the set of open checkouts, folded from the log in order:
 - ``PaymentRequested`` opens a checkout, with a deadline = the event's ``recorded_at`` + ``deadline``.
 - While open and before its deadline, it wants the gateway to capture the total (a call keyed by the order,
   retried with backoff by the runtime); the gateway's answer is recorded with ``RecordPayment``.
-- After the deadline without an answer it records the payment as declined (the gateway timed out).
+- After the deadline without a recorded answer it stops capturing and asks the gateway to *void* the order's
+  key: "voided" (nothing was charged, and nothing can be any more) is recorded as declined (the gateway timed
+  out); if the capture went through after all (a crash between the charge and its record), it is recorded as
+  captured. So a cancelled order is never left charged.
 - ``PaymentDeclined`` makes it want ``CancelOrder`` (with the reason): the same command a user would send,
   which releases the order's stock. ``PaymentCaptured``, ``OrderCancelled`` or ``OrderShipped`` close it.
 
@@ -29,7 +32,9 @@ __all__ = [
     "Checkout",
     "CheckoutState",
     "Send",
+    "Void",
     "Want",
+    "capture_key",
     "fold",
     "next_deadline",
     "outcome_command",
@@ -68,7 +73,19 @@ class Capture(NamedTuple):
     checkout: Checkout
 
 
-Want: TypeAlias = Send | Capture
+class Void(NamedTuple):
+    """Past the deadline: ask the gateway to void ``checkout``'s capture key; record the answer."""
+
+    key: str
+    checkout: Checkout
+
+
+Want: TypeAlias = Send | Capture | Void
+
+
+def capture_key(order_id: str) -> str:
+    """The key of an order's capture at the gateway (and of the command recording its answer)."""
+    return f"checkout:{order_id}:capture"
 
 
 def fold(state: CheckoutState, event: object, recorded_at: float, deadline: float) -> CheckoutState:
@@ -97,11 +114,9 @@ def wanted(state: CheckoutState, now: float, deadline: float) -> list[Want]:
             reason = f"payment declined: {checkout.declined}"
             out.append(Send(f"checkout:{order_id}:cancel", CancelOrder(order_id=order_id, reason=reason)))
         elif now < checkout.deadline:
-            out.append(Capture(f"checkout:{order_id}:capture", checkout))
+            out.append(Capture(capture_key(order_id), checkout))
         else:
-            reason = f"the payment gateway did not answer within {deadline:g}s"
-            record = RecordPayment(order_id=order_id, outcome="declined", reason=reason)
-            out.append(Send(f"checkout:{order_id}:timeout", record))
+            out.append(Void(f"checkout:{order_id}:timeout", checkout))
     return out
 
 
@@ -111,8 +126,11 @@ def next_deadline(state: CheckoutState) -> float | None:
     return min(deadlines) if deadlines else None
 
 
-def outcome_command(checkout: Checkout, outcome: str) -> RecordPayment:
-    """The command that records what the gateway answered."""
+def outcome_command(checkout: Checkout, outcome: str, deadline: float) -> RecordPayment:
+    """The command that records what the gateway answered to a capture or a void."""
     if outcome == "captured":
         return RecordPayment(order_id=checkout.order_id, outcome="captured")
+    if outcome == "voided":
+        reason = f"the payment gateway did not answer within {deadline:g}s"
+        return RecordPayment(order_id=checkout.order_id, outcome="declined", reason=reason)
     return RecordPayment(order_id=checkout.order_id, outcome="declined", reason=f"the gateway answered {outcome}")

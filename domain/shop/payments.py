@@ -2,8 +2,10 @@
 
 It behaves like an outside service that is idempotent by key: ``capture(key, ...)`` charges at most once
 per key and answers a repeated key with the first outcome. By token: one starting with ``decline`` is
-declined, one starting with ``timeout`` never gets an answer (the call hangs until the caller gives up),
-any other token is captured.
+declined, one starting with ``timeout`` never gets an answer to ``capture`` (the call hangs until the caller
+gives up), any other token is captured. ``void(key)`` answers for every token: it settles a key that has no
+outcome yet as "voided" (a later capture under that key is declined, so a late capture cannot charge an
+order that was cancelled) and otherwise returns the outcome the key already has ("captured" included).
 
 With a ``path`` it keeps its charges in a JSON-lines file (one line per key, written and fsynced before it
 answers) and reads it back on first use: so it stays idempotent across a restart, or a ``kill -9``, of the
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CRASH_ENV", "GATEWAY_FILE_ENV", "DemoGateway", "Outcome", "read_charges"]
 
-Outcome = Literal["captured", "declined"]
+Outcome = Literal["captured", "declined", "voided"]
 GATEWAY_FILE_ENV = "SOLOIST_SHOP_GATEWAY_FILE"
 CRASH_ENV = "SOLOIST_SHOP_GATEWAY_CRASH"
 
@@ -75,12 +77,19 @@ class DemoGateway:
         # a caller cancelled meanwhile cannot make a second line for the same key
         return await anyio.to_thread.run_sync(self._record, key, outcome, record)
 
+    async def void(self, key: str, *, order_id: str) -> Outcome:
+        """Settle ``key``: "voided" if it had no outcome (no charge will follow), else the outcome it has."""
+        record: dict[str, object] = {"key": key, "order_id": order_id, "outcome": "voided"}
+        if self.path is None:
+            return self._record(key, "voided", record)
+        return await anyio.to_thread.run_sync(self._record, key, "voided", record)
+
     def _record(self, key: str, outcome: Outcome, record: dict[str, object]) -> Outcome:
         with self._lock:
             outcomes = self._load()
             known = outcomes.get(key)
             if known is not None:
-                return known
+                return "declined" if known == "voided" and outcome != "voided" else known
             if self.path is not None:
                 with self.path.open("ab") as file:
                     file.write(orjson.dumps(record) + b"\n")
@@ -88,7 +97,7 @@ class DemoGateway:
                     if self._durable:
                         os.fsync(file.fileno())
             outcomes[key] = outcome
-            if self._crash_hook and "crash" in str(record["token"]):
+            if self._crash_hook and "crash" in str(record.get("token", "")):
                 os.kill(os.getpid(), signal.SIGKILL)  # the test hook (see the module docstring)
             return outcome
 
@@ -98,7 +107,7 @@ class DemoGateway:
             if self.path is not None:
                 for line in read_charges(self.path):
                     key, outcome = line.get("key"), line.get("outcome")
-                    if isinstance(key, str) and outcome in ("captured", "declined"):
-                        outcomes[key] = "captured" if outcome == "captured" else "declined"
+                    if isinstance(key, str) and outcome in ("captured", "declined", "voided"):
+                        outcomes[key] = outcome
             self._outcomes = outcomes
         return self._outcomes

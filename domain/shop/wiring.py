@@ -7,7 +7,19 @@ from typing import TYPE_CHECKING, Protocol, final
 
 from soloist import BadRequest, Call, Domain, DomainError, Issue, NotFound, ProcessManager
 
-from .checkout import DEFAULT_DEADLINE, Capture, Checkout, CheckoutState, fold, next_deadline, outcome_command, wanted
+from .checkout import (
+    DEFAULT_DEADLINE,
+    Capture,
+    Checkout,
+    CheckoutState,
+    Void,
+    Want,
+    capture_key,
+    fold,
+    next_deadline,
+    outcome_command,
+    wanted,
+)
 from .commands import COMMANDS
 from .decider import decide, evolve
 from .errors import InvalidQuery, RuleViolation
@@ -76,6 +88,8 @@ class Gateway(Protocol):
 
     async def capture(self, key: str, *, order_id: str, amount_cents: int, token: str) -> str: ...
 
+    async def void(self, key: str, *, order_id: str) -> str: ...
+
 
 def checkout_process(
     gateway: Gateway,
@@ -89,20 +103,31 @@ def checkout_process(
     def evolve(state: CheckoutState, event: RecordedEvent) -> CheckoutState:
         return fold(state, event.data, event.recorded_at, deadline)
 
-    def calling(checkout: Checkout) -> Callable[[str], Awaitable[object]]:
+    def capturing(checkout: Checkout) -> Callable[[str], Awaitable[object]]:
         async def call(key: str) -> object:
             outcome = await gateway.capture(
                 key, order_id=checkout.order_id, amount_cents=checkout.amount_cents, token=checkout.token
             )
-            return outcome_command(checkout, outcome)
+            return outcome_command(checkout, outcome, deadline)
 
         return call
 
+    def voiding(checkout: Checkout) -> Callable[[str], Awaitable[object]]:
+        async def call(key: str) -> object:
+            outcome = await gateway.void(capture_key(checkout.order_id), order_id=checkout.order_id)
+            return outcome_command(checkout, outcome, deadline)
+
+        return call
+
+    def step(want: Want) -> Step:
+        if isinstance(want, Capture):
+            return Call(want.key, capturing(want.checkout))
+        if isinstance(want, Void):
+            return Call(want.key, voiding(want.checkout))
+        return Issue(want.key, want.command)
+
     def steps(state: CheckoutState, now: float) -> Sequence[Step]:
-        return [
-            Call(want.key, calling(want.checkout)) if isinstance(want, Capture) else Issue(want.key, want.command)
-            for want in wanted(state, now, deadline)
-        ]
+        return [step(want) for want in wanted(state, now, deadline)]
 
     return ProcessManager(
         name="checkout",

@@ -113,9 +113,7 @@ class TestProcessScenarios:
         requested = checkout.given(PLACED, RESERVED, REQUESTED)
         requested.then_keys("checkout:o-1:capture")
         requested.then_commands()
-        requested.at(5.0).then_commands(
-            RecordPayment(order_id="o-1", outcome="declined", reason="the payment gateway did not answer within 5s")
-        )
+        requested.at(5.0).then_keys("checkout:o-1:timeout")
         requested.given(PaymentDeclined(order_id="o-1", reason="card")).then_commands(
             CancelOrder(order_id="o-1", reason="payment declined: card")
         )
@@ -133,6 +131,21 @@ class TestProcessScenarios:
         with pytest.raises(ScenarioFailed, match="wants no call"):
             await requested.then_call("checkout:o-1:nothing")
 
+    async def test_past_the_deadline_the_gateway_voids(self, tmp_path: Path) -> None:
+        """Past the deadline the checkout voids the capture key: nothing charged -> declined; charged -> captured."""
+        gateway = DemoGateway(tmp_path / "g.jsonl")
+        checkout = process(checkout_process(gateway, deadline=5.0))
+        late = checkout.given(PaymentRequested(order_id="o-1", token="timeout-1", amount_cents=5)).at(6.0)
+        assert await late.then_call("checkout:o-1:timeout") == RecordPayment(
+            order_id="o-1", outcome="declined", reason="the payment gateway did not answer within 5s"
+        )
+        charged = checkout.given(PaymentRequested(order_id="o-2", token="tok", amount_cents=5))
+        assert await charged.then_call("checkout:o-2:capture") == RecordPayment(order_id="o-2", outcome="captured")
+        assert await charged.at(6.0).then_call("checkout:o-2:timeout") == RecordPayment(
+            order_id="o-2", outcome="captured"
+        )
+        assert await gateway.capture("checkout:o-1:capture", order_id="o-1", amount_cents=5, token="tok") == "declined"
+
     def test_a_wrong_expectation_shows_the_difference(self) -> None:
         """A process scenario's failure shows the given events, the time and the difference."""
         checkout = process(checkout_process(DemoGateway()))
@@ -143,4 +156,4 @@ class TestProcessScenarios:
         assert "- 'checkout:o-1:cancel'" in message
         assert "+ 'checkout:o-1:capture'" in message
         with pytest.raises(ScenarioFailed, match="other commands"):
-            checkout.given(REQUESTED).at(60).then_commands()
+            checkout.given(REQUESTED).at(60).then_commands(CancelOrder(order_id="o-1"))
