@@ -24,6 +24,7 @@ __all__ = [
     "AuthRequest",
     "CommandRequest",
     "PingRequest",
+    "ProcessRequest",
     "QueryRequest",
     "Request",
     "StatsRequest",
@@ -75,8 +76,16 @@ class SubscribeRequest(_Request, frozen=True, kw_only=True, tag="subscribe"):
     from_position: _NonNegativeInt = 0
 
 
-Request = PingRequest | StatsRequest | AuthRequest | CommandRequest | QueryRequest | SubscribeRequest
-OPS: Final = ("auth", "command", "ping", "query", "stats", "subscribe")
+class ProcessRequest(_Request, frozen=True, kw_only=True, tag="process"):
+    """An operator's decision on an item a process manager parked (see ``stats`` -> ``processes[].parked``)."""
+
+    name: str
+    action: Literal["retry", "skip"]
+    key: str
+
+
+Request = PingRequest | StatsRequest | AuthRequest | CommandRequest | QueryRequest | SubscribeRequest | ProcessRequest
+OPS: Final = ("auth", "command", "ping", "process", "query", "stats", "subscribe")
 
 _decoder: Final = msgspec.json.Decoder(Request)
 _decode: Final = _decoder.decode

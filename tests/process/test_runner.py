@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from soloist import Domain, Step
+    from soloist.net import Client
 
     AppFactory = Callable[..., AbstractAsyncContextManager[App]]
+    ClientFactory = Callable[..., AbstractAsyncContextManager[Client]]
 
 
 class Bonus:
@@ -135,3 +137,25 @@ class TestProcessRunner:
         """Two process managers with one name: ValueError naming it."""
         with pytest.raises(ValueError, match="bonus"):
             App(dataclasses.replace(BANK, processes=(BONUS, BONUS)), "unused.db")
+
+
+class TestProcessOp:
+    async def test_an_operator_skips_a_parked_event_over_the_socket(
+        self, soloist_app: AppFactory, soloist_client: ClientFactory
+    ) -> None:
+        """`process` op: retry leaves a still-failing event parked, skip drops it; unknown names are not_found."""
+        async with soloist_app(bank_with_bonus()) as app, soloist_client(app) as client:
+            await app.execute(Open(account="a"))
+            poison = await app.execute(Deposit(account="a", amount=13))
+            await app.process("bonus").wait_for(poison.position)
+            key = f"event:{poison.position}"
+            stats = await client.stats()
+            assert [p["key"] for p in stats["processes"][0]["parked"]] == [key]  # type: ignore[index]
+            retried = await client.request({"id": 1, "op": "process", "name": "bonus", "action": "retry", "key": key})
+            assert retried["result"] == {"parked": [key]}
+            skipped = await client.request({"id": 2, "op": "process", "name": "bonus", "action": "skip", "key": key})
+            assert skipped["result"] == {"parked": []}
+            missing = await client.request({"id": 3, "op": "process", "name": "x", "action": "skip", "key": key})
+            assert missing["error"]["code"] == "not_found"  # type: ignore[index]
+            bad = await client.request({"id": 4, "op": "process", "name": "bonus", "action": "redo", "key": key})
+            assert bad["error"]["code"] == "bad_request"  # type: ignore[index]
