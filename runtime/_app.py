@@ -514,7 +514,7 @@ class App:
         broadcast = self._broadcast
         for manager in processes_of(self.domain.processes):
             runner: ProcessRunner[Any] = ProcessRunner(
-                manager, subscribe=broadcast.subscribe, execute=self._execute_keyed
+                manager, subscribe=broadcast.subscribe, execute=self._execute_keyed, head=self._head
             )
             self._processes[manager.name] = runner
             await tg.start(runner.run)

@@ -142,6 +142,7 @@ class ProcessRunner(Generic[P]):
         *,
         subscribe: Callable[[int], Subscription],
         execute: Callable[[object, str], Awaitable[Receipt]],
+        head: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.manager = manager
@@ -149,6 +150,7 @@ class ProcessRunner(Generic[P]):
         self.position = 0
         self._subscribe = subscribe
         self._execute = execute
+        self._head = head
         self._clock = clock
         self._in_flight: dict[str, anyio.CancelScope] = {}
         self._done: dict[str, float] = {}  # key -> position until which a still-wanted step is not run again
@@ -168,7 +170,13 @@ class ProcessRunner(Generic[P]):
         return self.manager.name
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> NoReturn:
-        """Fold the log from position 0 and run the wanted steps, forever (until cancelled)."""
+        """Fold the log from position 0 and run the wanted steps, forever (until cancelled).
+
+        No step runs before the fold has caught up with the head the log had at start: a state folded only
+        part of the way would want steps that later events already made moot (a capture for an order that
+        was cancelled further on).
+        """
+        caught_up = self._head() if self._head is not None else 0
         subscription = self._subscribe(0)
         async with subscription, anyio.create_task_group() as tg:
             self._tg = tg
@@ -176,6 +184,9 @@ class ProcessRunner(Generic[P]):
             task_status.started()
             while True:
                 self._kick = anyio.Event()
+                if self.position < caught_up:
+                    await self._kick.wait()  # still replaying the log
+                    continue
                 self._schedule(tg)
                 wake = self.manager.wake_at(self.state)
                 delay = _FOREVER if wake is None else max(0.0, wake - self._clock())

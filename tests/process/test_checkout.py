@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
-from soloist_shop.commands import CancelOrder
+import anyio
+
+from soloist_shop.commands import CancelOrder, Restock
 from soloist_shop.payments import read_charges
 from soloist_shop.queries import GetOrder, GetProduct
 from tests.process.shop import order, outcome, seed, shop_with_gateway
@@ -132,6 +135,35 @@ class TestCheckout:
             assert (stats.position, stats.issued, stats.in_flight, stats.parked) == (head, 0, 0, ())
             assert app.position == head
         assert len(read_charges(charges)) == 2  # one capture, one decline: each key once
+
+    async def test_no_step_runs_on_a_state_folded_only_part_of_the_way(
+        self, tmp_path: Path, soloist_app: AppFactory
+    ) -> None:
+        """At start the checkout acts only once caught up: an order cancelled 2,000+ events after its
+        PaymentRequested (a later catch-up chunk) is never sent to the gateway."""
+        charges = tmp_path / "charges.jsonl"
+        log = tmp_path / "shop.db"
+        without = dataclasses.replace(shop_with_gateway(charges), processes=())
+        async with soloist_app(without, path=log) as app:
+            await seed(app)
+            placed = await app.execute(order("o-9", "tok"))
+
+            async def restock(n: int) -> None:
+                for _ in range(n):
+                    await app.execute(Restock(sku="BK-001", quantity=1))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(50):
+                    tg.start_soon(restock, 45)
+            await app.execute(CancelOrder(order_id="o-9", reason="changed my mind"))
+            head = app.position
+        assert head - placed.position > 2000  # the log reader's chunk: the cancel comes in a later chunk
+        async with soloist_app(shop_with_gateway(charges), path=log) as app:
+            runner = app.process("checkout")
+            await runner.wait_for(head)
+            assert runner.state.open == {}
+            assert runner.statistics().issued == 0
+        assert read_charges(charges) == []
 
     async def test_stats_over_the_socket_show_the_process(
         self, tmp_path: Path, soloist_app: AppFactory, soloist_client: ClientFactory
