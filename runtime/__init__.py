@@ -54,6 +54,12 @@ from ._logging import configure_logging as configure_logging
 from ._messages import Answer as Answer
 from ._messages import Receipt as Receipt
 from ._messages import RecordedEvent as RecordedEvent
+from ._process import Call as Call
+from ._process import Issue as Issue
+from ._process import Parked as Parked
+from ._process import ProcessManager as ProcessManager
+from ._process import ProcessStatistics as ProcessStatistics
+from ._process import Step as Step
 from ._queries import Consistency as Consistency
 
 __all__ = [
@@ -64,6 +70,7 @@ __all__ = [
     "BadRequest",
     "Broken",
     "CQRSError",
+    "Call",
     "Closed",
     "CommandTimeout",
     "ConcurrencyError",
@@ -75,6 +82,7 @@ __all__ = [
     "Fenced",
     "IdempotencyConflict",
     "InternalError",
+    "Issue",
     "LogCorrupted",
     "LogMismatch",
     "MailboxFull",
@@ -82,13 +90,17 @@ __all__ = [
     "NotFound",
     "NotWriter",
     "Overloaded",
+    "Parked",
     "PersistenceError",
+    "ProcessManager",
+    "ProcessStatistics",
     "ProcessTuning",
     "ReadModels",
     "ReadOnlyStorage",
     "Receipt",
     "RecordedEvent",
     "RemoteError",
+    "Step",
     "StorageFull",
     "Subscription",
     "TooLarge",

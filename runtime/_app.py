@@ -26,11 +26,12 @@ import structlog
 
 from ._broadcast import Broadcast, Subscription, SubscriptionStatistics
 from ._digest import Digest, digest_of
-from ._errors import BadRequest, Broken, Closed, ConcurrencyError, CQRSError, LogCorrupted, NotWriter
+from ._errors import BadRequest, Broken, Closed, ConcurrencyError, CQRSError, LogCorrupted, NotFound, NotWriter
 from ._gc import gc_paused
 from ._guard import SingleWriterGuard
 from ._log import EventLog, LogReader, LogScanner, Synchronous, check_contiguous
 from ._messages import Answer, Batch, Receipt, RecordedEvent, TypeRegistry, encode
+from ._process import ProcessRunner, ProcessStatistics, processes_of
 from ._queries import Consistency, QueryRouter
 from ._replica import Replica, ReplicaStatistics
 from ._snapshot import SnapshotStore
@@ -58,6 +59,7 @@ class AppStatistics:
     writer: WriterStatistics | None
     replicas: tuple[ReplicaStatistics, ...]
     subscriptions: tuple[SubscriptionStatistics, ...]
+    processes: tuple[ProcessStatistics, ...] = ()
 
 
 def _after(events: Sequence[RecordedEvent], position: int) -> tuple[RecordedEvent, ...]:
@@ -91,7 +93,7 @@ class App:
         domain: Domain[Any, Any, Any, Any],
         path: str | os.PathLike[str],
         *,
-        replicas: int = 4,
+        replicas: int = 1,
         queue_capacity: int = 8192,
         max_batch: int = 1024,
         subscriber_buffer: int = 65536,
@@ -140,6 +142,8 @@ class App:
         self._rebuild_delays: dict[str, float] = {}
         self._rebuild_backoff = rebuild_backoff  # (first delay, longest delay) before a failed replica is rebuilt
         self._background_rebuild: tuple[anyio.CancelScope, asyncio.Future[list[Digest]]] | None = None
+        self._processes: dict[str, ProcessRunner[Any]] = {}
+        processes_of(domain.processes)  # names checked now, not at start
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -213,6 +217,7 @@ class App:
             await tg.start(self._run_replica, replica)
         if self._snapshots is not None and self._snapshot_every > 0:
             tg.start_soon(self._checkpoint_loop)
+        await self._start_processes(tg)
         for replica in replicas:
             await replica.wait_for(head, timeout=3600)
         _log.info(
@@ -534,6 +539,34 @@ class App:
             # after a failure, try again only once `every` more events have arrived (no hot retry loop)
             target = max(self._last_checkpoint, self.router.best_position()) + every
 
+    # -- process managers -----------------------------------------------------------------------------
+
+    async def _start_processes(self, tg: TaskGroup) -> None:
+        """Start the domain's process managers (a writer only): each folds the log from 0, then follows it."""
+        if self._writer is None or self._broadcast is None:
+            return
+        broadcast = self._broadcast
+        for manager in processes_of(self.domain.processes):
+            runner: ProcessRunner[Any] = ProcessRunner(
+                manager, subscribe=broadcast.subscribe, execute=self._execute_keyed, head=self._head
+            )
+            self._processes[manager.name] = runner
+            await tg.start(runner.run)
+
+    async def _execute_keyed(self, command: object, key: str) -> Receipt:
+        return await self.execute(command, idempotency_key=key)
+
+    def process(self, name: str) -> ProcessRunner[Any]:
+        """The running process manager ``name`` (its state, position, parked items; retry/skip)."""
+        runner = self._processes.get(name)
+        if runner is None:
+            raise NotFound(f"no process manager named {name!r} runs here; running: {sorted(self._processes) or 'none'}")
+        return runner
+
+    @property
+    def processes(self) -> tuple[ProcessRunner[Any], ...]:
+        return tuple(self._processes.values())
+
     # -- observability --------------------------------------------------------------------------------
 
     def statistics(self) -> AppStatistics:
@@ -545,6 +578,7 @@ class App:
             writer=self._writer.statistics() if self._writer is not None else None,
             replicas=tuple(r.statistics() for r in replicas),
             subscriptions=tuple(s.statistics() for s in subscriptions),
+            processes=tuple(p.statistics() for p in self._processes.values()),
         )
 
     # -- evolution: replay digest, rebuild beside the live read models ---------------------------------

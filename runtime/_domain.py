@@ -7,13 +7,14 @@ A domain never imports the runtime. One small wiring module on the domain's side
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from ._errors import CQRSError
     from ._messages import RecordedEvent
+    from ._process import ProcessManager
     from ._upcast import Upcasters
 
 __all__ = ["Domain", "ReadModels"]
@@ -63,6 +64,7 @@ class Domain(Generic[S, C, E, Q]):
     - ``states``: the classes ``evolve`` returns; without them the write model is rebuilt from the log.
     - ``upcasters``: ``(event type name, from version) -> step`` to read events written with an older
       ``__schema__`` as the current one (see ``docs/evolution.md``).
+    - ``processes``: process managers (:class:`soloist.ProcessManager`) the writer App runs beside it.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Domain(Generic[S, C, E, Q]):
     seed: Callable[[], Sequence[object]] | None = None
     affects: Callable[[E], Sequence[str]] | None = None
     upcasters: Upcasters = field(default_factory=dict)  # (event type, from version) -> step to version + 1
+    processes: Sequence[ProcessManager[Any]] = ()  # run by a writer App (not by followers); see runtime/_process.py
 
     def translate(self, exc: Exception) -> CQRSError | None:
         """The runtime error for a domain exception, or None if the domain did not declare it."""

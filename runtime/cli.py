@@ -252,7 +252,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--host", default="127.0.0.1", help="TCP address to bind (default loopback)")
         p.add_argument("--port", type=int, default=port, help=f"TCP port (default {port}; 0 picks a free one)")
         p.add_argument("--unix", default=None, metavar="PATH", help="serve on a Unix socket instead of TCP")
-        p.add_argument("--replicas", type=int, default=4, help="in-process read replicas (default 4)")
+        p.add_argument(
+            "--replicas", type=int, default=1, help="in-process read replicas (default 1: see docs/ARCHITECTURE.md)"
+        )
         p.add_argument("--token", default=token, help="require auth with this token (or $SOLOIST_TOKEN)")
         p.add_argument("--domain", default=DEFAULT_DOMAIN, help=f"module:ATTR of a soloist.Domain ({DEFAULT_DOMAIN})")
         p.add_argument("--max-line", type=int, default=1 << 20, help="longest request line in bytes (1 MiB)")

@@ -18,6 +18,7 @@ __all__ = [
     "Command",
     "OrderLineRequest",
     "PlaceOrder",
+    "RecordPayment",
     "RegisterCustomer",
     "Restock",
     "ShipOrder",
@@ -60,17 +61,31 @@ class PlaceOrder(Message, frozen=True, kw_only=True):
     order_id: str
     customer_id: str
     lines: tuple[OrderLineRequest, ...]
+    payment_token: str | None = None
+    """With a token, the checkout process (``checkout.py``) captures the order's total or cancels the order."""
 
 
 class CancelOrder(Message, frozen=True, kw_only=True):
     order_id: str
+    reason: str = ""
+
+
+class RecordPayment(Message, frozen=True, kw_only=True):
+    """Record what the payment gateway answered for an order placed with a token (sent by the checkout)."""
+
+    order_id: str
+    outcome: str
+    """"captured" or "declined"."""
+    reason: str = ""
 
 
 class ShipOrder(Message, frozen=True, kw_only=True):
     order_id: str
 
 
-Command: TypeAlias = RegisterCustomer | AddProduct | ChangePrice | Restock | PlaceOrder | CancelOrder | ShipOrder
+Command: TypeAlias = (
+    RegisterCustomer | AddProduct | ChangePrice | Restock | PlaceOrder | CancelOrder | ShipOrder | RecordPayment
+)
 
 COMMANDS: tuple[type, ...] = (
     RegisterCustomer,
@@ -80,4 +95,5 @@ COMMANDS: tuple[type, ...] = (
     PlaceOrder,
     CancelOrder,
     ShipOrder,
+    RecordPayment,
 )

@@ -19,6 +19,7 @@ from .commands import (
     CancelOrder,
     ChangePrice,
     PlaceOrder,
+    RecordPayment,
     RegisterCustomer,
     Restock,
     ShipOrder,
@@ -33,6 +34,9 @@ from .events import (
     OrderLine,
     OrderPlaced,
     OrderShipped,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentRequested,
     PriceChanged,
     ProductAdded,
     ProductRestocked,
@@ -228,6 +232,8 @@ def _place_order(command: PlaceOrder, states: Mapping[str, State]) -> list[Event
                 f"quantity of sku {line.sku!r} in order {order_id!r} must be between 1 and {MAX_QUANTITY}, "
                 f"got {line.quantity}"
             )
+    if command.payment_token is not None and not command.payment_token.strip():
+        raise RuleViolation(f"payment_token of order {order_id!r} must not be empty; omit it to order without payment")
     if _lookup(states, order_stream(order_id), OrderState) is not None:
         raise RuleViolation(f"order {order_id!r} already exists")
     customer = _lookup(states, customer_stream(command.customer_id), CustomerState)
@@ -255,7 +261,27 @@ def _place_order(command: PlaceOrder, states: Mapping[str, State]) -> list[Event
             reserves_stock=True,
         )
     ]
+    token = command.payment_token
+    if token is not None:  # checked with the other rules above
+        amount = sum(line.quantity * product.price_cents for line, product in zip(requested, products, strict=True))
+        events.append(PaymentRequested(order_id=order_id, token=token, amount_cents=amount))
     return events
+
+
+@_decide.register(RecordPayment)
+def _record_payment(command: RecordPayment, states: Mapping[str, State]) -> list[Event]:
+    if command.outcome not in ("captured", "declined"):
+        raise RuleViolation(f"payment outcome must be 'captured' or 'declined', got {command.outcome!r}")
+    order = _existing_order(states, command.order_id)
+    if order.payment != "pending":
+        state = "no payment token" if order.payment is None else f"a payment already {order.payment}"
+        raise RuleViolation(f"cannot record a payment for order {order.order_id!r}: it has {state}")
+    if order.status != PLACED:
+        raise RuleViolation(f"cannot record a payment for order {order.order_id!r}: it is already {order.status}")
+    if command.outcome == "captured":
+        return [PaymentCaptured(order_id=order.order_id)]
+    reason = command.reason or "payment declined"
+    return [PaymentDeclined(order_id=order.order_id, reason=reason)]
 
 
 @_decide.register(CancelOrder)
@@ -264,7 +290,7 @@ def _cancel_order(command: CancelOrder, states: Mapping[str, State]) -> list[Eve
     if order.status != PLACED:
         raise RuleViolation(f"cannot cancel order {order.order_id!r}: it is already {order.status}")
     lines = tuple(CancelledLine(sku=sku, quantity=quantity) for sku, quantity in order.lines)
-    return [OrderCancelled(order_id=order.order_id, lines=lines)]
+    return [OrderCancelled(order_id=order.order_id, lines=lines, reason=command.reason)]
 
 
 @_decide.register(ShipOrder)
@@ -353,10 +379,30 @@ def _order_cancelled(event: OrderCancelled, state: State | None) -> State:
     if isinstance(state, ProductState):  # one of the order's products: stock given back
         return _with_stock(state, state.stock + _units_of(state.sku, event.lines))
     order = _expect(state, OrderState, event)
-    return OrderState(order_id=order.order_id, status=CANCELLED, lines=order.lines)
+    return OrderState(order_id=order.order_id, status=CANCELLED, lines=order.lines, payment=order.payment)
 
 
 @_evolve.register(OrderShipped)
 def _order_shipped(event: OrderShipped, state: State | None) -> State:
     order = _expect(state, OrderState, event)
-    return OrderState(order_id=order.order_id, status=SHIPPED, lines=order.lines)
+    return OrderState(order_id=order.order_id, status=SHIPPED, lines=order.lines, payment=order.payment)
+
+
+def _with_payment(state: State | None, event: object, payment: str) -> State:
+    order = _expect(state, OrderState, event)
+    return OrderState(order_id=order.order_id, status=order.status, lines=order.lines, payment=payment)
+
+
+@_evolve.register(PaymentRequested)
+def _payment_requested(event: PaymentRequested, state: State | None) -> State:
+    return _with_payment(state, event, "pending")
+
+
+@_evolve.register(PaymentCaptured)
+def _payment_captured(event: PaymentCaptured, state: State | None) -> State:
+    return _with_payment(state, event, "captured")
+
+
+@_evolve.register(PaymentDeclined)
+def _payment_declined(event: PaymentDeclined, state: State | None) -> State:
+    return _with_payment(state, event, "declined")

@@ -24,6 +24,9 @@ __all__ = [
     "OrderLine",
     "OrderPlaced",
     "OrderShipped",
+    "PaymentCaptured",
+    "PaymentDeclined",
+    "PaymentRequested",
     "PriceChanged",
     "ProductAdded",
     "ProductRestocked",
@@ -160,6 +163,26 @@ class OrderCancelled(Message, frozen=True, kw_only=True):
 
     order_id: str
     lines: tuple[CancelledLine, ...] = ()
+    reason: str = ""
+
+
+class PaymentRequested(Message, frozen=True, kw_only=True):
+    """An order placed with a payment token: the checkout process is to capture ``amount_cents``."""
+
+    order_id: str
+    token: str
+    amount_cents: int
+
+
+class PaymentCaptured(Message, frozen=True, kw_only=True):
+    order_id: str
+
+
+class PaymentDeclined(Message, frozen=True, kw_only=True):
+    """The gateway declined, or did not answer before the checkout's deadline; the order is to be cancelled."""
+
+    order_id: str
+    reason: str
 
 
 class OrderShipped(Message, frozen=True, kw_only=True):
@@ -176,6 +199,9 @@ Event: TypeAlias = (
     | OrderPlaced
     | OrderCancelled
     | OrderShipped
+    | PaymentRequested
+    | PaymentCaptured
+    | PaymentDeclined
 )
 
 EVENTS: tuple[type, ...] = (
@@ -188,6 +214,9 @@ EVENTS: tuple[type, ...] = (
     OrderPlaced,
     OrderCancelled,
     OrderShipped,
+    PaymentRequested,
+    PaymentCaptured,
+    PaymentDeclined,
 )
 
 # Event type -> (stream prefix, name of the field holding the aggregate id). A dict lookup is the
@@ -202,6 +231,9 @@ _STREAM_KEYS: dict[type, tuple[str, str]] = {
     OrderPlaced: ("order-", "order_id"),
     OrderCancelled: ("order-", "order_id"),
     OrderShipped: ("order-", "order_id"),
+    PaymentRequested: ("order-", "order_id"),
+    PaymentCaptured: ("order-", "order_id"),
+    PaymentDeclined: ("order-", "order_id"),
 }
 
 

@@ -37,6 +37,9 @@ from .events import (
     OrderCancelled,
     OrderPlaced,
     OrderShipped,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentRequested,
     PriceChanged,
     ProductAdded,
     ProductRestocked,
@@ -127,6 +130,14 @@ def _column(table: Mapping[str, object], name: str, length: int | None) -> list[
     return column
 
 
+def _str_map(data: Mapping[str, object], name: str) -> dict[str, str]:
+    """A str -> str mapping of a snapshot; absent in snapshots written before payments existed."""
+    value = data.get(name, {})
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"snapshot entry {name!r} is not an object of strings")
+    return cast("dict[str, str]", value)
+
+
 # Snapshot columns are trusted to hold what snapshot() wrote (checking every value would cost a
 # pass over hundreds of thousands of rows); their shape is checked above, their element type cast.
 def _strs(table: Mapping[str, object], name: str, length: int | None = None) -> list[str]:
@@ -144,6 +155,7 @@ class ShopReadModels:
     __slots__ = (
         "_by_category",
         "_by_name",
+        "_cancel_reasons",
         "_customer_rows",
         "_event_handlers",
         "_index",
@@ -159,6 +171,7 @@ class ShopReadModels:
         "_order_rows",
         "_order_statuses",
         "_order_totals",
+        "_payments",
         "_position",
         "_products",
         "_query_handlers",
@@ -186,6 +199,9 @@ class ShopReadModels:
         self._line_prices: list[int] = []
         # Sales totals (source state).
         self._sales: _Sales = _new_sales()
+        # Payments of orders placed with a token, and reasons given for cancellations (source state; sparse).
+        self._payments: dict[str, str] = {}  # order id -> "pending" | "captured" | "declined"
+        self._cancel_reasons: dict[str, str] = {}  # order id -> reason (only non-empty ones)
         # Derived indexes, rebuilt by restore().
         self._index: dict[str, set[str]] = {}  # search word -> skus
         self._by_category: dict[str, set[str]] = {}
@@ -204,6 +220,9 @@ class ShopReadModels:
             OrderPlaced: self._on_order_placed,
             OrderCancelled: self._on_order_cancelled,
             OrderShipped: self._on_order_shipped,
+            PaymentRequested: self._on_payment_requested,
+            PaymentCaptured: self._on_payment_captured,
+            PaymentDeclined: self._on_payment_declined,
         }
         self._query_handlers: dict[type, Callable[..., object]] = {
             GetProduct: self._get_product,
@@ -323,7 +342,18 @@ class ShopReadModels:
         end = starts[row + 1] if row + 1 < len(starts) else len(self._line_skus)
         return range(starts[row], end)
 
+    def _on_payment_requested(self, event: PaymentRequested) -> None:
+        self._payments[event.order_id] = "pending"
+
+    def _on_payment_captured(self, event: PaymentCaptured) -> None:
+        self._payments[event.order_id] = "captured"
+
+    def _on_payment_declined(self, event: PaymentDeclined) -> None:
+        self._payments[event.order_id] = "declined"
+
     def _on_order_cancelled(self, event: OrderCancelled) -> None:
+        if event.reason:
+            self._cancel_reasons[event.order_id] = event.reason
         row = self._order_rows[event.order_id]
         self._order_statuses[row] = CANCELLED
         products = self._products
@@ -430,7 +460,7 @@ class ShopReadModels:
         names = self._line_names
         quantities = self._line_quantities
         prices = self._line_prices
-        return {
+        order: dict[str, object] = {
             "order_id": query.order_id,
             "status": self._order_statuses[row],
             "customer": {"customer_id": self._order_customer_ids[row], "name": self._order_customer_names[row]},
@@ -446,6 +476,13 @@ class ShopReadModels:
             ],
             "total_cents": self._order_totals[row],
         }
+        payment = self._payments.get(query.order_id)
+        if payment is not None:
+            order["payment"] = payment
+        reason = self._cancel_reasons.get(query.order_id)
+        if reason is not None:
+            order["cancel_reason"] = reason
+        return order
 
     def _customer_orders(self, query: CustomerOrders) -> object:
         limit = _check_limit(query.limit)
@@ -510,6 +547,8 @@ class ShopReadModels:
                 "unit_price_cents": self._line_prices,
             },
             "sales": self._sales,
+            "payments": self._payments,
+            "cancel_reasons": self._cancel_reasons,
         }
 
     def restore(self, data: Mapping[str, object]) -> None:
@@ -540,7 +579,11 @@ class ShopReadModels:
         line_names = _strs(lines, "name", n)
         line_quantities = _ints(lines, "quantity", n)
         line_prices = _ints(lines, "unit_price_cents", n)
+        payments = _str_map(data, "payments")
+        cancel_reasons = _str_map(data, "cancel_reasons")
         self._position = position
+        self._payments = payments
+        self._cancel_reasons = cancel_reasons
         self._products = cast("dict[str, _Product]", data["products"])
         self._sales = cast("_Sales", data["sales"])
         self._order_ids = order_ids

@@ -41,6 +41,8 @@ class OrderState(Message, frozen=True, kw_only=True):
     status: OrderStatus
     lines: tuple[tuple[str, int], ...]
     """(sku, quantity) pairs, in the order they were placed."""
+    payment: str | None = None
+    """None (placed without a payment token), "pending", "captured" or "declined"."""
 
 
 State: TypeAlias = CustomerState | ProductState | OrderState

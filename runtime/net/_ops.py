@@ -22,6 +22,7 @@ from ._requests import (
     CommandRequest,
     DigestRequest,
     PingRequest,
+    ProcessRequest,
     QueryRequest,
     RebuildRequest,
     Request,
@@ -99,6 +100,7 @@ class Ops:
             SubscribeRequest: self._subscribe,  # type: ignore[dict-item]
             DigestRequest: self._digest,  # type: ignore[dict-item]
             RebuildRequest: self._rebuild,  # type: ignore[dict-item]
+            ProcessRequest: self._process,  # type: ignore[dict-item]
         }
 
     def handle(self, conn: Connection, request: Request) -> None:
@@ -159,6 +161,15 @@ class Ops:
             return
         conn.authed = True
         conn.ok(request.id, True, self._app.position)
+
+    def _process(self, conn: Connection, request: ProcessRequest) -> None:
+        """retry or skip a parked item of a process manager; answers with the items still parked."""
+        runner = self._app.process(request.name)
+        if request.action == "retry":
+            runner.retry(request.key)
+        else:
+            runner.skip(request.key)
+        conn.ok(request.id, {"parked": [p.key for p in runner.parked]}, self._app.position)
 
     # -- command --------------------------------------------------------------------------------------
 

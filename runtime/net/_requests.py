@@ -25,6 +25,7 @@ __all__ = [
     "CommandRequest",
     "DigestRequest",
     "PingRequest",
+    "ProcessRequest",
     "QueryRequest",
     "RebuildRequest",
     "Request",
@@ -92,6 +93,14 @@ class RebuildRequest(_Request, frozen=True, kw_only=True, tag="rebuild"):
     cancel: bool = False  # cancel the running rebuild instead (the live copies keep serving)
 
 
+class ProcessRequest(_Request, frozen=True, kw_only=True, tag="process"):
+    """An operator's decision on an item a process manager parked (see ``stats`` -> ``processes[].parked``)."""
+
+    name: str
+    action: Literal["retry", "skip"]
+    key: str
+
+
 Request = (
     PingRequest
     | StatsRequest
@@ -101,8 +110,9 @@ Request = (
     | SubscribeRequest
     | DigestRequest
     | RebuildRequest
+    | ProcessRequest
 )
-OPS: Final = ("auth", "command", "digest", "ping", "query", "rebuild", "stats", "subscribe")
+OPS: Final = ("auth", "command", "digest", "ping", "process", "query", "rebuild", "stats", "subscribe")
 
 _decoder: Final = msgspec.json.Decoder(Request)
 _decode: Final = _decoder.decode

@@ -30,6 +30,9 @@ from soloist_shop.events import (
     OrderLine,
     OrderPlaced,
     OrderShipped,
+    PaymentCaptured,
+    PaymentDeclined,
+    PaymentRequested,
     PriceChanged,
     ProductAdded,
     ProductRestocked,
@@ -471,6 +474,9 @@ STREAM_CASES: list[tuple[object, str]] = [
     (OrderPlaced(order_id="o-1", customer_id="c-1", customer_name="A", lines=()), "order-o-1"),
     (OrderCancelled(order_id="o-1"), "order-o-1"),
     (OrderShipped(order_id="o-1"), "order-o-1"),
+    (PaymentRequested(order_id="o-1", token="t", amount_cents=1), "order-o-1"),
+    (PaymentCaptured(order_id="o-1"), "order-o-1"),
+    (PaymentDeclined(order_id="o-1", reason="r"), "order-o-1"),
 ]
 
 
@@ -501,9 +507,9 @@ class TestStreamOf:
 class TestMessageTypes:
     def test_registries_list_the_top_level_types(self) -> None:
         """COMMANDS, EVENTS and QUERIES hold the top-level messages and not the nested values."""
-        assert len(COMMANDS) == 7
+        assert len(COMMANDS) == 8  # with RecordPayment
         assert OrderLineRequest not in COMMANDS
-        assert len(EVENTS) == 9
+        assert len(EVENTS) == 12  # with the three payment events
         assert OrderLine not in EVENTS
         assert len(QUERIES) == 6
 

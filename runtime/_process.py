@@ -1,0 +1,372 @@
+"""Process managers: pure code that reacts to committed events by issuing commands, run as a reader of the log.
+
+A :class:`ProcessManager` is declared like a decider, as pure functions:
+
+- ``evolve(state, event) -> state`` folds one committed :class:`RecordedEvent` into the process's state
+  (it may mutate and return the same object). The state *is* a projection of the log: after a restart,
+  or a ``kill -9``, the runner folds the log again from position 0 and arrives at the same state.
+- ``steps(state, now) -> [Issue | Call]`` says what the process wants done *now*: commands to issue and
+  calls to outside systems. Level-triggered: a step is wanted as long as the state says so, and it stops
+  being wanted when the events it caused (or others) have been folded in. Timers are part of the state
+  (a deadline = the causing event's ``recorded_at`` + a delay) and ``steps`` compares them with ``now``,
+  so a restart recomputes every timer and loses none.
+- ``wake_at(state) -> float | None`` is the earliest wall-clock time at which ``steps`` could change
+  without a new event (the next deadline), so the runner sleeps until then.
+
+Effects exactly once: every step carries a key derived from what caused it (``"checkout:o-1:cancel"``).
+A command is executed with that key as its idempotency key, so re-issuing it after a crash is a duplicate
+the writer recognises; a :class:`Call` hands the key to the outside system (which must be idempotent by
+it) and the command that records the call's outcome is executed under the same key.
+
+Failures are visible in :meth:`ProcessRunner.statistics`: an event on which ``evolve`` raises is parked
+(the others keep flowing), a step whose command fails for a reason that retrying cannot fix (a bad
+command, a persistence failure) is parked, a command the domain rejects is counted and not re-issued,
+transient failures (an overloaded writer, an outside call that fails or times out) are retried with
+exponential backoff while the step is wanted. An operator retries or skips a parked item by its key.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, TypeAlias, TypeVar, final
+
+import anyio
+import structlog
+
+from ._errors import ActorStopped, ConcurrencyError, CQRSError, DomainError, NotFound, Overloaded
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from anyio.abc import TaskGroup, TaskStatus
+
+    from ._broadcast import Subscription
+    from ._messages import Receipt, RecordedEvent
+
+__all__ = [
+    "Call",
+    "Issue",
+    "Parked",
+    "ProcessManager",
+    "ProcessRunner",
+    "ProcessStatistics",
+    "Step",
+]
+
+_log = structlog.get_logger("soloist.process")
+
+P = TypeVar("P")
+
+
+class Issue(NamedTuple):
+    """Execute ``command`` with idempotency key ``key``."""
+
+    key: str
+    command: object
+
+
+class Call(NamedTuple):
+    """Call an outside system: ``call(key)`` returns the command that records the outcome (run under ``key``).
+
+    The outside system must be idempotent by ``key``: a call repeated after a crash or a timeout must not
+    have a second effect. A call that raises or takes longer than the manager's ``attempt_timeout`` is
+    retried with backoff for as long as ``steps`` still wants it; giving up is the process's own decision
+    (a deadline in its state after which it wants a compensating step instead).
+    """
+
+    key: str
+    call: Callable[[str], Awaitable[object]]
+
+
+Step: TypeAlias = Issue | Call
+
+
+def _never(state: object) -> float | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessManager(Generic[P]):
+    """A process manager: pure functions over its state (see the module docstring) and its retry policy."""
+
+    name: str
+    initial: Callable[[], P]
+    evolve: Callable[[P, RecordedEvent], P]
+    steps: Callable[[P, float], Sequence[Step]]
+    wake_at: Callable[[P], float | None] = _never
+    attempt_timeout: float = 2.0  # seconds one outside call may take before it is retried
+    backoff: tuple[float, float] = (0.05, 2.0)  # first and longest delay between attempts
+    max_in_flight: int = 64  # steps running at once; the others wait for a free slot
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parked:
+    """An event the process could not fold, or a step it could not complete; waits for an operator."""
+
+    key: str  # "event:<position>" or the step's key
+    kind: str  # "event" | "step"
+    position: int  # the event's position, or the process's position when the step was parked
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessStatistics:
+    name: str
+    position: int  # the last event folded
+    in_flight: int
+    issued: int  # commands executed (including recognised duplicates)
+    duplicates: int  # ... of which the writer recognised as already done (a replay after a restart)
+    rejected: int  # commands the domain refused (not re-issued)
+    retries: int  # failed attempts that were retried
+    parked: tuple[Parked, ...]
+    last_error: str | None
+    next_wake_in_s: float | None
+
+
+_FOREVER = math.inf
+
+
+@final
+class ProcessRunner(Generic[P]):
+    """Runs one :class:`ProcessManager` against the log: folds committed events in order, runs its steps.
+
+    ``subscribe(after)`` gives the committed events after a position (catch-up then live), ``execute(command,
+    key)`` runs a command with an idempotency key. Start it with ``await tg.start(runner.run)``.
+    """
+
+    def __init__(
+        self,
+        manager: ProcessManager[P],
+        *,
+        subscribe: Callable[[int], Subscription],
+        execute: Callable[[object, str], Awaitable[Receipt]],
+        head: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.manager = manager
+        self.state: P = manager.initial()
+        self.position = 0
+        self._subscribe = subscribe
+        self._execute = execute
+        self._head = head
+        self._clock = clock
+        self._in_flight: dict[str, anyio.CancelScope] = {}
+        self._done: dict[str, float] = {}  # key -> position until which a still-wanted step is not run again
+        self._parked: dict[str, Parked] = {}
+        self._parked_events: dict[str, RecordedEvent] = {}
+        self._kick = anyio.Event()
+        self._waiters: list[tuple[int, anyio.Event]] = []
+        self._tg: TaskGroup | None = None
+        self._issued = 0
+        self._duplicates = 0
+        self._rejected = 0
+        self._retries = 0
+        self._last_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manager.name
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> NoReturn:
+        """Fold the log from position 0 and run the wanted steps, forever (until cancelled).
+
+        No step runs before the fold has caught up with the head the log had at start: a state folded only
+        part of the way would want steps that later events already made moot (a capture for an order that
+        was cancelled further on).
+        """
+        caught_up = self._head() if self._head is not None else 0
+        subscription = self._subscribe(0)
+        async with subscription, anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._fold_batches, subscription)
+            task_status.started()
+            while True:
+                self._kick = anyio.Event()
+                if self.position < caught_up:
+                    await self._kick.wait()  # still replaying the log
+                    continue
+                self._schedule(tg)
+                wake = self.manager.wake_at(self.state)
+                delay = _FOREVER if wake is None else max(0.0, wake - self._clock())
+                with anyio.move_on_after(delay):
+                    await self._kick.wait()
+        raise AssertionError("unreachable")  # pragma: no cover  (the loop above never ends)
+
+    # -- folding ---------------------------------------------------------------------------------------
+
+    async def _fold_batches(self, subscription: Subscription) -> None:
+        async for batch in subscription:
+            for event in batch.events:
+                self._fold(event)
+            self.position = batch.events[-1].position
+            if self._waiters:
+                still = []
+                for position, reached in self._waiters:
+                    if position <= self.position:
+                        reached.set()
+                    else:
+                        still.append((position, reached))
+                self._waiters = still
+            self._kick.set()
+
+    def _fold(self, event: RecordedEvent) -> None:
+        try:
+            self.state = self.manager.evolve(self.state, event)
+        except Exception as exc:  # a poison event: park it, keep folding the others
+            key = f"event:{event.position}"
+            error = f"{type(exc).__name__}: {exc}"
+            self._parked[key] = Parked(key=key, kind="event", position=event.position, error=error)
+            self._parked_events[key] = event
+            self._last_error = f"{key}: {error}"
+            _log.error(
+                "process_event_parked", process=self.name, position=event.position, type=event.type, exc_info=exc
+            )
+
+    async def wait_for(self, position: int) -> None:
+        """Return once the process has folded every event up to ``position``."""
+        if self.position >= position:
+            return
+        reached = anyio.Event()
+        self._waiters.append((position, reached))
+        await reached.wait()
+
+    # -- steps -----------------------------------------------------------------------------------------
+
+    def _schedule(self, tg: TaskGroup) -> None:
+        wanted: set[str] = set()
+        in_flight, done, parked = self._in_flight, self._done, self._parked
+        limit = self.manager.max_in_flight
+        for step in self.manager.steps(self.state, self._clock()):
+            key = step.key
+            wanted.add(key)
+            if key in in_flight or key in parked or len(in_flight) >= limit:
+                continue
+            if done.get(key, -1) >= self.position:
+                continue
+            scope = anyio.CancelScope()
+            in_flight[key] = scope
+            tg.start_soon(self._run_step, step, scope)
+        for key, scope in in_flight.items():
+            if key not in wanted:  # the process no longer wants it (e.g. it gave up): stop retrying
+                scope.cancel()
+        if done:
+            self._done = {k: p for k, p in done.items() if p == _FOREVER or p >= self.position or k in wanted}
+
+    async def _run_step(self, step: Step, scope: anyio.CancelScope) -> None:
+        key = step.key
+        try:
+            with scope:
+                command = await self._call(step) if isinstance(step, Call) else step.command
+                receipt = await self._issue(key, command)
+                self._issued += 1
+                self._duplicates += receipt.duplicate
+                self._done[key] = receipt.position
+        except (DomainError, ConcurrencyError, NotFound) as exc:
+            # Refused or already decided otherwise (an idempotency conflict: another outcome won). A normal
+            # race between a process and its users: counted, and not issued again.
+            self._rejected += 1
+            self._done[key] = _FOREVER
+            self._last_error = f"{key}: {type(exc).__name__}: {exc}"
+            _log.warning("process_step_rejected", process=self.name, key=key, error=str(exc))
+        except ActorStopped:
+            pass  # the app is closing; a restart replays and runs the step again
+        except CQRSError as exc:  # retrying cannot fix it (a bad command, a broken log): an operator must look
+            self._park_step(key, exc)
+        finally:
+            self._in_flight.pop(key, None)
+            self._kick.set()
+
+    def _park_step(self, key: str, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        self._parked[key] = Parked(key=key, kind="step", position=self.position, error=error)
+        self._last_error = f"{key}: {error}"
+        _log.error("process_step_parked", process=self.name, key=key, error=error)
+
+    async def _call(self, step: Call) -> object:
+        first, longest = self.manager.backoff
+        delay = first
+        while True:
+            try:
+                with anyio.fail_after(self.manager.attempt_timeout):
+                    return await step.call(step.key)
+            except Exception as exc:  # an outside system failed or did not answer: retry (while wanted)
+                self._retries += 1
+                self._last_error = f"{step.key}: {type(exc).__name__}: {exc}"
+                _log.warning("process_call_failed", process=self.name, key=step.key, error=repr(exc), retry_in_s=delay)
+            await anyio.sleep(delay)  # a real backoff
+            delay = min(delay * 2, longest)
+
+    async def _issue(self, key: str, command: object) -> Receipt:
+        first, longest = self.manager.backoff
+        delay = first
+        while True:
+            try:
+                return await self._execute(command, key)
+            except Overloaded as exc:
+                self._retries += 1
+                self._last_error = f"{key}: {exc}"
+            await anyio.sleep(delay)  # a real backoff: the writer's queue was full
+            delay = min(delay * 2, longest)
+
+    # -- operators -------------------------------------------------------------------------------------
+
+    @property
+    def parked(self) -> tuple[Parked, ...]:
+        return tuple(self._parked.values())
+
+    def retry(self, key: str) -> None:
+        """Try a parked item again: a step is run again if still wanted; an event is folded into the current state.
+
+        (A parked event is folded out of order, after the events that followed it; after fixing the process's
+        code, a restart folds the whole log again in order.)
+        """
+        parked = self._require_parked(key)
+        del self._parked[key]
+        if parked.kind == "event":
+            self._fold(self._parked_events.pop(key))
+        self._done.pop(key, None)
+        self._kick.set()
+
+    def skip(self, key: str) -> None:
+        """Drop a parked item: the event stays unfolded, the step is not run again (until a restart)."""
+        parked = self._require_parked(key)
+        del self._parked[key]
+        self._parked_events.pop(key, None)
+        if parked.kind == "step":
+            self._done[key] = _FOREVER
+        _log.warning("process_item_skipped", process=self.name, key=key)
+
+    def _require_parked(self, key: str) -> Parked:
+        parked = self._parked.get(key)
+        if parked is None:
+            raise NotFound(
+                f"process {self.name!r} has no parked item {key!r}; parked: {sorted(self._parked) or 'none'} "
+                "(see `stats` -> processes[].parked)"
+            )
+        return parked
+
+    def statistics(self) -> ProcessStatistics:
+        wake = self.manager.wake_at(self.state)
+        return ProcessStatistics(
+            name=self.name,
+            position=self.position,
+            in_flight=len(self._in_flight),
+            issued=self._issued,
+            duplicates=self._duplicates,
+            rejected=self._rejected,
+            retries=self._retries,
+            parked=self.parked,
+            last_error=self._last_error,
+            next_wake_in_s=None if wake is None else round(max(0.0, wake - self._clock()), 3),
+        )
+
+
+def processes_of(domain_processes: Sequence[ProcessManager[Any]]) -> tuple[ProcessManager[Any], ...]:
+    """The process managers of a domain, checked: names must be unique."""
+    names = [p.name for p in domain_processes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"process manager names must be unique; {duplicates} appear more than once")
+    return tuple(domain_processes)

@@ -1,0 +1,161 @@
+"""The process runner on the toy bank: poison events parked while others flow, parked steps, operators, rejections."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from soloist import App, Issue, NotFound, ProcessManager, RecordedEvent
+from tests.process.shop import wait_event
+from tests.toy import BANK, Balance, Crash, Deposit, Moved, Open, Opened, Withdraw
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from contextlib import AbstractAsyncContextManager
+
+    from soloist import Domain, Step
+    from soloist.net import Client
+
+    AppFactory = Callable[..., AbstractAsyncContextManager[App]]
+    ClientFactory = Callable[..., AbstractAsyncContextManager[Client]]
+
+
+class Bonus:
+    """A welcome bonus per opened account; folding a deposit of 13 raises (a bug: the poison)."""
+
+    def __init__(self) -> None:
+        self.owed: dict[str, int] = {}  # account -> position of its Opened
+
+
+def _evolve(state: Bonus, event: RecordedEvent) -> Bonus:
+    data = event.data
+    if isinstance(data, Moved) and data.delta == 13:
+        raise ValueError(f"13 is unlucky (position {event.position})")
+    if isinstance(data, Opened):
+        state.owed[data.account] = event.position
+    elif isinstance(data, Moved) and data.delta in (1, -(10**6)):
+        state.owed.pop(data.account, None)
+    return state
+
+
+def _steps(state: Bonus, now: float) -> Sequence[Step]:
+    wanted: list[Step] = []
+    for account, position in state.owed.items():
+        key = f"bonus:{position}:pay"
+        if account.startswith("crash"):
+            wanted.append(Issue(key, Crash(account=account)))  # decide raises a bug: InternalError, parked
+        elif account.startswith("broke"):
+            wanted.append(Issue(key, Withdraw(account=account, amount=10**6)))  # refused: counted, not parked
+        else:
+            wanted.append(Issue(key, Deposit(account=account, amount=1)))
+    return wanted
+
+
+BONUS: ProcessManager[Bonus] = ProcessManager(name="bonus", initial=Bonus, evolve=_evolve, steps=_steps)
+
+
+def bank_with_bonus() -> Domain[Any, Any, Any, Any]:
+    return dataclasses.replace(BANK, processes=(BONUS,))
+
+
+async def _balance(app: App, account: str) -> object:
+    return (await app.query(Balance(account=account), consistency="strong")).result
+
+
+class TestProcessRunner:
+    async def test_issues_keyed_commands_once(self, soloist_app: AppFactory) -> None:
+        """Each opened account gets its bonus once, under a key derived from the causing event."""
+        async with soloist_app(bank_with_bonus()) as app:
+            receipt = await app.execute(Open(account="a"))
+            runner = app.process("bonus")
+            await runner.wait_for(receipt.position + 1)  # the bonus deposit follows the Opened
+            assert await _balance(app, "a") == 1
+            assert runner.statistics().issued == 1
+
+    async def test_a_poison_event_is_parked_and_the_others_continue(self, soloist_app: AppFactory) -> None:
+        """evolve raising on one event parks it (visible in stats); later events are folded and acted on."""
+        async with soloist_app(bank_with_bonus()) as app:
+            await app.execute(Open(account="a"))
+            poison = await app.execute(Deposit(account="a", amount=13))
+            await app.execute(Open(account="b"))
+            runner = app.process("bonus")
+            bonus = await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "b" and e.delta == 1)
+            await runner.wait_for(bonus.position)
+            (parked,) = runner.statistics().parked
+            assert (parked.key, parked.kind, parked.position) == (f"event:{poison.position}", "event", poison.position)
+            assert "13 is unlucky" in parked.error
+            stats = app.statistics().processes[0]
+            assert stats.last_error is not None
+            assert stats.last_error.startswith(f"event:{poison.position}")
+
+    async def test_operator_retry_and_skip(self, soloist_app: AppFactory) -> None:
+        """retry folds a parked event again (still failing: parked again); skip drops it; unknown keys are NotFound."""
+        async with soloist_app(bank_with_bonus()) as app:
+            await app.execute(Open(account="a"))
+            poison = await app.execute(Deposit(account="a", amount=13))
+            runner = app.process("bonus")
+            await runner.wait_for(poison.position)
+            key = f"event:{poison.position}"
+            runner.retry(key)
+            assert [p.key for p in runner.parked] == [key]
+            runner.skip(key)
+            assert runner.parked == ()
+            with pytest.raises(NotFound, match="no parked item"):
+                runner.skip(key)
+            with pytest.raises(NotFound, match="no process manager named 'nope'"):
+                app.process("nope")
+
+    async def test_a_step_that_cannot_succeed_is_parked(self, soloist_app: AppFactory) -> None:
+        """A command that crashes the decider parks its step (others still run); retry runs it again."""
+        async with soloist_app(bank_with_bonus()) as app:
+            await app.execute(Open(account="crash-1"))
+            await app.execute(Open(account="c"))
+            runner = app.process("bonus")
+            bonus = await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "c" and e.delta == 1)
+            await runner.wait_for(bonus.position)
+            (parked,) = runner.parked
+            assert (parked.key, parked.kind) == ("bonus:1:pay", "step")
+            assert "InternalError" in parked.error
+            runner.retry("bonus:1:pay")
+            assert runner.parked == ()  # unparked now; it runs again (and fails again) on the next turn
+
+    async def test_a_refused_command_is_counted_not_parked(self, soloist_app: AppFactory) -> None:
+        """A command the domain refuses is counted as rejected with its reason and not issued again."""
+        async with soloist_app(bank_with_bonus()) as app:
+            await app.execute(Open(account="broke-1"))
+            after = await app.execute(Open(account="d"))
+            runner = app.process("bonus")
+            await runner.wait_for(after.position + 1)
+            stats = runner.statistics()
+            assert (stats.rejected, stats.parked) == (1, ())
+            assert stats.last_error is not None
+            assert "insufficient funds" in stats.last_error
+
+    async def test_duplicate_names_are_refused(self) -> None:
+        """Two process managers with one name: ValueError naming it."""
+        with pytest.raises(ValueError, match="bonus"):
+            App(dataclasses.replace(BANK, processes=(BONUS, BONUS)), "unused.db")
+
+
+class TestProcessOp:
+    async def test_an_operator_skips_a_parked_event_over_the_socket(
+        self, soloist_app: AppFactory, soloist_client: ClientFactory
+    ) -> None:
+        """`process` op: retry leaves a still-failing event parked, skip drops it; unknown names are not_found."""
+        async with soloist_app(bank_with_bonus()) as app, soloist_client(app) as client:
+            await app.execute(Open(account="a"))
+            poison = await app.execute(Deposit(account="a", amount=13))
+            await app.process("bonus").wait_for(poison.position)
+            key = f"event:{poison.position}"
+            stats = await client.stats()
+            assert [p["key"] for p in stats["processes"][0]["parked"]] == [key]  # type: ignore[index]
+            retried = await client.request({"id": 1, "op": "process", "name": "bonus", "action": "retry", "key": key})
+            assert retried["result"] == {"parked": [key]}
+            skipped = await client.request({"id": 2, "op": "process", "name": "bonus", "action": "skip", "key": key})
+            assert skipped["result"] == {"parked": []}
+            missing = await client.request({"id": 3, "op": "process", "name": "x", "action": "skip", "key": key})
+            assert missing["error"]["code"] == "not_found"  # type: ignore[index]
+            bad = await client.request({"id": 4, "op": "process", "name": "bonus", "action": "redo", "key": key})
+            assert bad["error"]["code"] == "bad_request"  # type: ignore[index]
