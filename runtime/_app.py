@@ -35,7 +35,7 @@ from ._process import ProcessRunner, ProcessStatistics, processes_of
 from ._queries import Consistency, QueryRouter
 from ._replica import Replica, ReplicaStatistics
 from ._snapshot import SnapshotStore
-from ._writer import Writer, WriterStatistics
+from ._writer import Reply, Writer, WriterStatistics
 
 if TYPE_CHECKING:
     import os
@@ -378,8 +378,15 @@ class App:
         return await self._require_writer().submit(command, idempotency_key=idempotency_key, wait=wait, timeout=timeout)
 
     def submit_nowait(self, command: object, *, idempotency_key: str | None = None) -> asyncio.Future[Receipt]:
-        """Queue a command without waiting; a future of its receipt. For callback-driven servers."""
+        """Queue a command without waiting; a future of its receipt."""
         return self._require_writer().submit_nowait(command, idempotency_key=idempotency_key)
+
+    def submit_reply(self, command: object, reply: Reply, *, idempotency_key: str | None = None) -> None:
+        """Queue a command without waiting; ``reply`` (a future or a caller's own object) gets its outcome.
+
+        For callback-driven servers: the writer answers ``reply`` in its own task, no loop turn per command.
+        """
+        self._require_writer().submit_reply(command, reply, idempotency_key=idempotency_key)
 
     # -- follower -------------------------------------------------------------------------------------
 

@@ -144,7 +144,7 @@ class _Entry(NamedTuple):
 class TypeRegistry:
     """Type names <-> message classes for one kind of message (commands, events, queries or states)."""
 
-    __slots__ = ("_by_class", "_by_name", "_chains", "_kind", "_stored", "_strict", "upcasting")
+    __slots__ = ("_by_class", "_by_name", "_chains", "_kind", "_stored", "_strict", "_tags", "upcasting")
 
     def __init__(
         self,
@@ -159,6 +159,7 @@ class TypeRegistry:
         self._strict = kind in ("command", "query") if forbid_unknown_fields is None else forbid_unknown_fields
         self._by_name: dict[str, _Entry] = {}
         self._by_class: dict[type, str] = {}
+        self._tags: dict[type, tuple[str, int]] = {}  # class -> (type name, schema version), one lookup
         # type name -> (bound decode, current schema): what decode_stored needs, in one lookup and one unpack
         self._stored: dict[str, tuple[Callable[[bytes | msgspec.Raw], object], int]] = {}
         self._chains: dict[str, UpcastChain] = {}
@@ -192,6 +193,7 @@ class TypeRegistry:
         self._by_name[name] = entry
         self._stored[name] = (entry.decoder.decode, entry.schema)
         self._by_class[cls] = name
+        self._tags[cls] = (name, entry.schema)
 
     @property
     def kind(self) -> str:
@@ -210,6 +212,13 @@ class TypeRegistry:
             return self._by_class[type(message)]
         except KeyError:
             raise UnknownType(self._kind, type(message).__name__, self.names) from None
+
+    def tag_of(self, message: object) -> tuple[str, int]:
+        """``(type name, schema version)`` of a message instance, in one lookup (the writer's hot path)."""
+        tag = self._tags.get(type(message))
+        if tag is None:
+            raise UnknownType(self._kind, type(message).__name__, self.names)
+        return tag
 
     def schema_of(self, message: object) -> int:
         name = self._by_class.get(type(message))

@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from ._domain import Domain
     from ._log import LogReader
 
-__all__ = ["WriteLog", "Writer", "WriterStatistics"]
+__all__ = ["Reply", "WriteLog", "Writer", "WriterStatistics"]
 
 _log = structlog.get_logger("soloist.writer")
 _decode_checkpoint: Final = msgspec.json.Decoder(list[tuple[str, int, str, msgspec.Raw]]).decode
@@ -110,11 +110,26 @@ class WriterStatistics:
     undurable_peak: int = 0
 
 
+class Reply(Protocol):
+    """Where a command's outcome goes: an ``asyncio.Future`` (``submit``), or a caller's own object.
+
+    The writer calls ``set_result``/``set_exception`` once, from its own task, when the outcome is known
+    (after the commit, in position order), unless ``done()``. A callback-driven caller (the socket server)
+    passes an object that answers at once: no future, no loop turn per command.
+    """
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Receipt, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 class _Submission(NamedTuple):  # one per command on the hot path: a NamedTuple builds 5x faster
     command: object
     type_name: str
     key: str | None
-    future: asyncio.Future[Receipt]
+    future: Reply
     submitted: float  # perf_counter() at submit: the metrics' submit-to-ack latency (soloist._metrics)
 
 
@@ -354,7 +369,16 @@ class Writer:
         Raises :class:`Overloaded` if the queue is full (nothing was enqueued), :class:`Closed` if
         the writer is closed, :class:`UnknownType` if the command's class is not registered.
         """
-        submission = self._make(command, idempotency_key)
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self.submit_reply(command, future, idempotency_key=idempotency_key)
+        return future
+
+    def submit_reply(self, command: object, reply: Reply, *, idempotency_key: str | None = None) -> None:
+        """Enqueue a command without waiting; ``reply`` gets its outcome after its batch is durable.
+
+        Raises like :meth:`submit_nowait` (and then ``reply`` is never called).
+        """
+        submission = _Submission(command, self._commands.name_of(command), idempotency_key, reply, time.perf_counter())
         send = self._open_send()
         try:
             send.send_nowait(submission)
@@ -364,7 +388,6 @@ class Writer:
             raise Closed("the writer is closed; the command was not taken") from None
         except anyio.BrokenResourceError:
             raise Broken("the writer has died; the command was not taken") from None
-        return submission.future
 
     async def submit(
         self,
@@ -378,7 +401,8 @@ class Writer:
 
         Once enqueued, cancelling the caller does not un-send the command: the log is the truth.
         """
-        submission = self._make(command, idempotency_key)
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        submission = _Submission(command, self._commands.name_of(command), idempotency_key, future, time.perf_counter())
         send = self._open_send()
         try:
             send.send_nowait(submission)  # fast path: no checkpoint when there is room
@@ -398,12 +422,7 @@ class Writer:
             raise Closed("the writer is closed; the command was not taken") from None
         except anyio.BrokenResourceError:
             raise Broken("the writer has died; the command was not taken") from None
-        return await submission.future
-
-    def _make(self, command: object, key: str | None) -> _Submission:
-        type_name = self._commands.name_of(command)
-        loop = asyncio.get_running_loop()
-        return _Submission(command, type_name, key, loop.create_future(), time.perf_counter())
+        return await future
 
     def _open_send(self) -> MemoryObjectSendStream[_Submission]:
         if self._send is None:
@@ -515,7 +534,7 @@ class Writer:
         states, versions = self._states, self._versions
         durable_keys, pending_keys = self._keys, self._pending_keys
         decide, evolve, stream_of, affects = self._decide, self._evolve, self._stream_of, self._affects
-        name_of, schema_of = self._events.name_of, self._events.schema_of
+        tag_of = self._events.tag_of
         translate = self._domain.translate
         now = time.time()
         position = start = self._head
@@ -557,13 +576,14 @@ class Writer:
                             undo.append((other, previous, versions.get(other, 0)))
                             states[other] = evolve(None if previous is _ABSENT else previous, event)
                     position += 1
+                    type_name, schema = tag_of(event)
                     rows.append(
                         (
                             position,
                             stream,
                             old_version + 1,
-                            name_of(event),
-                            schema_of(event),
+                            type_name,
+                            schema,
                             encode(event),  # encoded here: a bad event fails only its command
                             command_id,
                             key,

@@ -52,20 +52,20 @@ def internal(exc: BaseException) -> CQRSError:
 class Pending:
     """One request waiting for a callback: answered exactly once (by its future or its timer)."""
 
-    __slots__ = ("conn", "done", "request_id", "timer")
+    __slots__ = ("conn", "finished", "request_id", "timer")
 
     def __init__(self, conn: Connection, request_id: RequestId) -> None:
         self.conn = conn
         self.request_id = request_id
-        self.done = False
+        self.finished = False
         self.timer: asyncio.TimerHandle | None = None
         conn.in_flight += 1
 
     def finish(self) -> bool:
         """Mark answered; False if it already was."""
-        if self.done:
+        if self.finished:
             return False
-        self.done = True
+        self.finished = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -75,6 +75,23 @@ class Pending:
         if self.finish():
             self.conn.ok(self.request_id, result, position)
             self.conn.answered()
+
+    def release(self) -> None:
+        """Give the in-flight slot back without answering (the request raised before it was taken)."""
+        if self.finish():
+            self.conn.in_flight -= 1
+
+    # -- the writer's Reply: a command's outcome, straight from the writer's task -----------------------
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, receipt: Receipt, /) -> None:
+        result = {"position": receipt.position, "command_id": receipt.command_id, "duplicate": receipt.duplicate}
+        self.ok(result, receipt.position)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.fail(exception)
 
     def fail(self, exc: BaseException) -> None:
         if self.finish():
@@ -91,6 +108,7 @@ class Ops:
         self._app = server.app
         self._loop = asyncio.get_running_loop()
         self._query_decoders = {name: self._app.queries.decoder(name) for name in self._app.queries.names}
+        self._command_decoders = {name: self._app.commands.decoder(name) for name in self._app.commands.names}
         self._handlers: dict[type, Callable[[Connection, Request], None]] = {
             QueryRequest: self._query,  # type: ignore[dict-item]
             CommandRequest: self._command,  # type: ignore[dict-item]
@@ -175,26 +193,17 @@ class Ops:
 
     def _command(self, conn: Connection, request: CommandRequest) -> None:
         app = self._app
-        command = app.commands.decode(request.type, request.data)
-        future = app.submit_nowait(command, idempotency_key=request.idempotency_key)
+        decode = self._command_decoders.get(request.type)
+        command = app.commands.decode(request.type, request.data) if decode is None else decode(request.data)
         pending = Pending(conn, request.id)
+        try:
+            app.submit_reply(command, pending, idempotency_key=request.idempotency_key)  # answered by the writer
+        except BaseException:
+            pending.release()
+            raise
         if request.timeout_ms is not None:
             timeout = request.timeout_ms / 1000.0
             pending.timer = self._loop.call_later(timeout, self._command_timed_out, pending, timeout)
-        future.add_done_callback(lambda f: self._command_done(pending, f))
-
-    @staticmethod
-    def _command_done(pending: Pending, future: asyncio.Future[Receipt]) -> None:
-        if future.cancelled():
-            pending.fail(ActorStopped("the command was dropped: the writer stopped"))
-            return
-        exc = future.exception()  # retrieved even if the request was already answered (timed out)
-        if exc is not None:
-            pending.fail(exc)
-            return
-        receipt = future.result()
-        result = {"position": receipt.position, "command_id": receipt.command_id, "duplicate": receipt.duplicate}
-        pending.ok(result, receipt.position)
 
     @staticmethod
     def _command_timed_out(pending: Pending, timeout: float) -> None:
@@ -247,7 +256,7 @@ class Ops:
     ) -> None:
         conn.waits.discard(future)
         error = None if future.cancelled() else future.exception()  # retrieve it even if already answered
-        if pending.done:
+        if pending.finished:
             return
         if future.cancelled():
             why = "the server is stopping" if conn.draining else "the replicas stopped"
@@ -293,7 +302,7 @@ class Ops:
         except (Exception, asyncio.CancelledError) as exc:
             pending.fail(exc)
             return
-        if pending.done:
+        if pending.finished:
             return
         if pending.timer is not None:
             pending.timer.cancel()
@@ -344,7 +353,7 @@ class Ops:
         except (Exception, asyncio.CancelledError) as exc:
             pending.fail(exc)
             return
-        if pending.done:
+        if pending.finished:
             return
         if pending.timer is not None:
             pending.timer.cancel()
@@ -371,7 +380,7 @@ class Ops:
         def ready(f: asyncio.Future[None]) -> None:
             conn.waits.discard(f)
             error = None if f.cancelled() else f.exception()
-            if pending.done:
+            if pending.finished:
                 return
             if f.cancelled():
                 pending.fail(ActorStopped(f"the replicas stopped while the digest waited for position {target}"))
