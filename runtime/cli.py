@@ -152,7 +152,9 @@ async def _jetstream_replica(args: argparse.Namespace, domain: Domain[Any, Any, 
     """A replica fed by JetStream; ``--upstream`` (optional) fills gaps and answers ``strong``."""
     writer = args.upstream or f"the writer publishing to {args.nats_stream or 'its stream'} at {args.nats}"
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with App(domain, args.db, replicas=args.replicas, follower_of=writer) as app:
+        # synchronous=NORMAL: this log is a copy that can always be fetched again (WAL keeps it consistent
+        # through a kill -9; a power loss may drop its last transactions, and the follower resumes before them)
+        async with App(domain, args.db, replicas=args.replicas, follower_of=writer, synchronous="NORMAL") as app:
             _tune()
             follower = JetStreamFollower(
                 app, args.nats, args.nats_stream, upstream=args.upstream, token=args.upstream_token

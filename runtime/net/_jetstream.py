@@ -10,9 +10,11 @@ Two actors, one on each side of the broker (docs/jetstream.md has the picture):
   Each message carries a run of committed events (at most ``max_events``, at most ``max_bytes``) and
   the headers ``Nats-Msg-Id: <log_id>:<first>-<last>`` (the broker drops a re-sent message),
   ``Nats-Expected-Last-Sequence`` (a second publisher, or a stale one, is refused by the broker instead
-  of interleaving), ``Soloist-Log-Id``, ``Soloist-First``, ``Soloist-Last`` and ``Soloist-Head`` (the
-  writer's position when the message was sent). On (re)connection it resumes after the ``Soloist-Last``
-  of the stream's last message, so a restart of either side publishes no gap and no duplicate.
+  of interleaving), ``Soloist-Log-Id``, ``Soloist-First``, ``Soloist-Last``, ``Soloist-Head`` (the
+  writer's position when the message was sent) and, for live batches, ``Soloist-Committed-At`` (the
+  commit's wall-clock time, from which replicas measure their lag). On (re)connection it resumes after
+  the ``Soloist-Last`` of the stream's last message, so a restart of either side publishes no gap and no
+  duplicate.
 
 - :class:`JetStreamFollower` feeds a follower ``App`` (a replica process) from the stream. It applies
   positions strictly in order and skips what it already holds; when the next message starts past its
@@ -274,13 +276,17 @@ class JetStreamPublisher:
             while True:
                 batch = await outbox.receive()
                 events = list(batch.events)
+                committed_at = batch.committed_at
                 while len(events) < self._max_events:  # coalesce what is already waiting: fewer round trips
                     more = outbox.receive_nowait()
                     if more is None:
                         break
                     events.extend(more.events)
+                    committed_at = more.committed_at
+                # the commit's wall-clock time, for the replicas' lag (None when the events came from the log)
+                wall = None if committed_at is None else time.time() - (time.monotonic() - committed_at)
                 for start in range(0, len(events), self._max_events):
-                    await self._publish(js, events[start : start + self._max_events])
+                    await self._publish(js, events[start : start + self._max_events], wall)
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         try:
@@ -324,14 +330,14 @@ class JetStreamPublisher:
         self._advance(position)
         return position
 
-    async def _publish(self, js: JetStreamContext, events: list[RecordedEvent]) -> None:
+    async def _publish(self, js: JetStreamContext, events: list[RecordedEvent], committed_at: float | None) -> None:
         if not events:
             return
         payload = _encode_rows(events)
         if len(payload) > self._max_bytes and len(events) > 1:
             half = len(events) // 2
-            await self._publish(js, events[:half])
-            await self._publish(js, events[half:])
+            await self._publish(js, events[:half], committed_at)
+            await self._publish(js, events[half:], committed_at)
             return
         first, last = events[0].position, events[-1].position
         headers = {
@@ -342,6 +348,8 @@ class JetStreamPublisher:
             "Soloist-Last": str(last),
             "Soloist-Head": str(self.app.position),
         }
+        if committed_at is not None:
+            headers["Soloist-Committed-At"] = repr(committed_at)
         try:
             ack = await js.publish(self.subject, payload, timeout=self._timeout, stream=self.stream, headers=headers)
         except nats.js.errors.APIError as exc:
@@ -370,7 +378,8 @@ class JetStreamFollowerStatistics:
     stream_seq: int  # the stream sequence of the last message applied
     upstream_position: int  # the newest writer position seen (Soloist-Head, probes)
     lag_events: int
-    lag_ms_p50: float | None  # commit (recorded_at) -> applied here, over the last samples
+    lag_samples: int  # applied messages in the last lag_window seconds, which the four figures below summarise
+    lag_ms_p50: float | None  # the writer's commit (Soloist-Committed-At) -> applied here (wall clocks)
     lag_ms_p99: float | None
     lag_events_p50: float | None  # Soloist-Head - position, at each applied message
     lag_events_p99: float | None
@@ -384,10 +393,9 @@ class JetStreamFollowerStatistics:
     last_error: str | None
 
 
-def _quantile(samples: deque[float], q: float) -> float | None:
-    if not samples:
+def _quantile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
         return None
-    ordered = sorted(samples)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
 
@@ -411,7 +419,9 @@ class JetStreamFollower:
         timeout: float = 5.0,
         backoff: tuple[float, float] = (0.05, 2.0),
         pending_msgs: int = 65536,
+        max_messages: int = 256,
         samples: int = 8192,
+        lag_window: float = 10.0,
     ) -> None:
         if app.follower_of is None:
             raise ValueError("a JetStreamFollower needs an App started with follower_of=...")
@@ -426,14 +436,16 @@ class JetStreamFollower:
         self._timeout = timeout
         self._backoff = backoff
         self._pending_msgs = pending_msgs
+        self._max_messages = max_messages  # messages applied in one local transaction, at most
         self._state_path = Path(f"{os.fspath(app.path)}.jetstream")
         self._log_id: str | None = self._load_log_id()
         self._connected = False
         self._seq = 0
         self._expect = 0
         self._head = 0
-        self._lag_ms: deque[float] = deque(maxlen=samples)
-        self._lag_events: deque[float] = deque(maxlen=samples)
+        # (monotonic time, ms, events) per applied message; statistics() summarises the last lag_window seconds
+        self._lag: deque[tuple[float, float, int]] = deque(maxlen=samples)
+        self._lag_window = lag_window
         self._messages = 0
         self._events = 0
         self._skipped = 0
@@ -468,6 +480,10 @@ class JetStreamFollower:
         position = self.app.position
         upstream_position = max(self._head, position)
         probes = self._probe.statistics().probes if self._probe is not None else 0
+        since = time.monotonic() - self._lag_window
+        recent = [sample for sample in self._lag if sample[0] >= since]
+        lag_ms = sorted(sample[1] for sample in recent)
+        lag_events = sorted(float(sample[2]) for sample in recent)
         return JetStreamFollowerStatistics(
             url=self.url,
             stream=self.stream,
@@ -478,10 +494,11 @@ class JetStreamFollower:
             stream_seq=self._seq,
             upstream_position=upstream_position,
             lag_events=upstream_position - position,
-            lag_ms_p50=_quantile(self._lag_ms, 0.5),
-            lag_ms_p99=_quantile(self._lag_ms, 0.99),
-            lag_events_p50=_quantile(self._lag_events, 0.5),
-            lag_events_p99=_quantile(self._lag_events, 0.99),
+            lag_samples=len(recent),
+            lag_ms_p50=_quantile(lag_ms, 0.5),
+            lag_ms_p99=_quantile(lag_ms, 0.99),
+            lag_events_p50=_quantile(lag_events, 0.5),
+            lag_events_p99=_quantile(lag_events, 0.99),
             messages=self._messages,
             events=self._events,
             skipped=self._skipped,
@@ -600,12 +617,14 @@ class JetStreamFollower:
         _log.info("jetstream_follower_subscribed", url=self.url, stream=self.stream, seq=start, after=self.app.position)
         while True:
             try:
-                message = await sub.next_msg(timeout=self._idle)
+                messages = [await sub.next_msg(timeout=self._idle)]
             except nats.errors.TimeoutError:
                 if not nc.is_connected:
                     raise ConnectionLost(f"lost NATS at {self.url}") from None
                 continue
-            await self._handle(message)
+            while sub.pending_msgs and len(messages) < self._max_messages:  # what already arrived: one transaction
+                messages.append(await sub.next_msg(timeout=self._timeout))
+            await self._handle(messages)
 
     async def _start_seq(self, js: JetStreamContext, first_seq: int, last_seq: int) -> int:
         """The first stream sequence whose ``Soloist-Last`` is past the local position (binary search)."""
@@ -634,46 +653,62 @@ class JetStreamFollower:
                 lo = mid + 1
         return lo
 
-    async def _handle(self, message: Msg) -> None:
-        headers = message.headers or {}
-        self._check_log(headers.get("Soloist-Log-Id"), f"JetStream stream {self.stream!r} (a message)")
-        first, last = int(headers["Soloist-First"]), int(headers["Soloist-Last"])
-        head = int(headers.get("Soloist-Head", last))
-        seq = message.metadata.sequence.stream
+    async def _handle(self, messages: list[Msg]) -> None:
+        """Apply messages that arrived together as one local transaction (a gap to fill splits it)."""
+        pending: list[RecordedEvent] = []
         position = self.app.position
-        if seq > self._expect:
-            # messages were lost on the way (a slow-consumer drop, a consumer recreated): the stream has them
-            raise _Gap(f"message {seq} arrived where {self._expect} was due; local position {position}")
-        self._expect = seq + 1
-        if last <= position:
-            self._skipped += last - first + 1
+        samples: list[tuple[float, int]] = []  # (Soloist-Committed-At, else the last recorded_at; Soloist-Head)
+        for message in messages:
+            headers = message.headers or {}
+            self._check_log(headers.get("Soloist-Log-Id"), f"JetStream stream {self.stream!r} (a message)")
+            first, last = int(headers["Soloist-First"]), int(headers["Soloist-Last"])
+            head = int(headers.get("Soloist-Head", last))
+            seq = message.metadata.sequence.stream
+            if seq > self._expect:
+                # messages were lost on the way (a slow-consumer drop, a consumer recreated): the stream has them
+                await self._apply(pending, samples)
+                raise _Gap(f"message {seq} arrived where {self._expect} was due; local position {position}")
+            self._expect = seq + 1
+            self._head = max(self._head, head)
+            if last <= position:
+                self._skipped += last - first + 1
+                continue
+            if first > position + 1:
+                await self._apply(pending, samples)
+                pending, samples = [], []
+                await self._close_gap(first)
+                position = self.app.position
+            events = [
+                RecordedEvent(
+                    position=p,
+                    stream=s,
+                    version=v,
+                    type=t,
+                    data=self.app.events.decode_stored(t, raw),
+                    recorded_at=at,
+                    schema=schema,
+                )
+                for p, s, v, t, schema, raw, at in _decode_rows(message.data)
+                if p > position
+            ]
+            self._skipped += (last - first + 1) - len(events)
+            if events:
+                pending.extend(events)
+                position = events[-1].position
+                committed_at = headers.get("Soloist-Committed-At")
+                samples.append((float(committed_at) if committed_at else events[-1].recorded_at, head))
+            self._messages += 1
             self._seq = seq
+        await self._apply(pending, samples)
+
+    async def _apply(self, events: list[RecordedEvent], samples: list[tuple[float, int]]) -> None:
+        if not events:
             return
-        if first > position + 1:
-            await self._close_gap(first)
-            position = self.app.position
-        events = [
-            RecordedEvent(
-                position=p,
-                stream=s,
-                version=v,
-                type=t,
-                data=self.app.events.decode_stored(t, raw),
-                recorded_at=at,
-                schema=schema,
-            )
-            for p, s, v, t, schema, raw, at in _decode_rows(message.data)
-            if p > position
-        ]
-        self._skipped += (last - first + 1) - len(events)
         await self.app.replicate(events)
-        self._seq = seq
-        self._messages += 1
         self._events += len(events)
-        self._head = max(self._head, head)
-        now = time.time()
-        self._lag_ms.append(max(0.0, (now - events[-1].recorded_at) * 1000.0))
-        self._lag_events.append(max(0, head - self.app.position))
+        now, wall, position = time.monotonic(), time.time(), self.app.position
+        for recorded_at, head in samples:
+            self._lag.append((now, max(0.0, (wall - recorded_at) * 1000.0), max(0, head - position)))
         self._progress.set()
         self._progress = anyio.Event()
 
