@@ -621,6 +621,9 @@ class JetStreamFollower:
             except nats.errors.TimeoutError:
                 if not nc.is_connected:
                     raise ConnectionLost(f"lost NATS at {self.url}") from None
+                # idle: is the server still there? (a partition leaves the socket open; a PING must come back)
+                with anyio.fail_after(self._timeout):
+                    await nc.flush(timeout=max(1, round(self._timeout)))  # whole seconds in nats-py
                 continue
             while sub.pending_msgs and len(messages) < self._max_messages:  # what already arrived: one transaction
                 messages.append(await sub.next_msg(timeout=self._timeout))

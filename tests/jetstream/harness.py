@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import Process
 
-__all__ = ["NATS_SERVER", "NatsServer", "log_rows", "need_nats_server"]
+__all__ = ["NATS_SERVER", "NatsServer", "log_rows", "need_nats_server", "wait_log_line"]
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
@@ -87,3 +87,16 @@ def log_rows(path: Path) -> list[tuple[object, ...]]:
             "SELECT position, stream, version, type, schema, CAST(data AS TEXT), recorded_at FROM events "
             "ORDER BY position"
         ).fetchall()
+
+
+def _holds(log: Path, needle: bytes) -> bool:
+    return needle in log.read_bytes()  # a small log file: a blocking read is fine
+
+
+async def wait_log_line(log: Path, needle: bytes, within: float) -> None:
+    """Poll a process's log file (bounded) until it holds ``needle``."""
+    with anyio.fail_after(within):
+        while True:
+            if _holds(log, needle):
+                return
+            await anyio.sleep(0.05)  # polling a file another process writes, bounded by fail_after
