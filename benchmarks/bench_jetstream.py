@@ -6,7 +6,9 @@ own (``-js``, a temporary store, a free port):
 1. **The publisher's cost** (issue 12's target: at most 10% of the writer's commands/s). In each run, two
    fresh writers one after the other (shop, seeded, ``--log-level warning``): ``soloist serve`` and
    ``soloist serve --nats URL --nats-stream bench-<run>``, each loaded with durable ``PlaceOrder`` commands by
-   request/response callers (shape (b) of bench_socket.py: ``--callers-conns`` x ``--callers``).
+   request/response callers (shape (b) of bench_socket.py: ``--callers-conns`` x ``--callers``). Besides
+   commands/s: the writer process's CPU per command (utime + stime from /proc) and nats-server's CPU share
+   meanwhile, which separate the publisher's own cost from that of a broker sharing the same 2 cores.
 2. **Total queries/s with 0, 1, 2 and 3 JetStream replica processes** beside one writer that publishes:
    ``soloist replica --nats URL --upstream WRITER`` processes are started one by one; once a replica has
    caught up (a session query at the writer's head), every server (writer and replicas) is loaded at the
@@ -57,6 +59,7 @@ from benchmarks.bench_socket import (  # noqa: E402
     HOST,
     NL,
     ServerProcess,
+    _cpu_seconds,
     add_bench_products,
     free_port,
     request,
@@ -201,14 +204,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 for label, nats in (("without", None), ("with", url)):
                     w = writer(tmp, f"w{run}-{label}", nats, f"bench-{run}")
                     try:
-                        load = pool.submit(
-                            run_load, spec("b", w, args, f"r{run}{label}", args.callers_conns, args.callers)
-                        )
-                        row[label] = load.result()["per_s"]
+                        shape_b = spec("b", w, args, f"r{run}{label}", args.callers_conns, args.callers)
+                        nats_cpu, started = sum(_cpu_seconds(nats_proc.pid)), time.perf_counter()
+                        measured = pool.submit(run_load, shape_b).result()
+                        nats_cpu = (sum(_cpu_seconds(nats_proc.pid)) - nats_cpu) / (time.perf_counter() - started)
+                        row[label] = measured["per_s"]
+                        row[f"{label}_writer_us"] = measured["server_us_per_req"]  # the writer's CPU per command
+                        row[f"{label}_nats_cpu"] = nats_cpu  # nats-server's share of a core meanwhile
                     finally:
                         w.stop()
                 results["commands"].append(row)
-                print(f"run {run}: commands/s without the publisher {row['without']:,.0f}, with {row['with']:,.0f}")
+                print(
+                    f"run {run}: commands/s without the publisher {row['without']:,.0f} "
+                    f"({row['without_writer_us']:.0f} us CPU each), with {row['with']:,.0f} "
+                    f"({row['with_writer_us']:.0f} us; nats-server {row['with_nats_cpu']:.0%} of a core)"
+                )
             saturation = median([r["with"] for r in results["commands"]])
 
             # 2. queries/s with 0..3 JetStream replicas beside a publishing writer
@@ -285,10 +295,13 @@ def main() -> None:
     commands = results["commands"]
     without, with_ = median([r["without"] for r in commands]), median([r["with"] for r in commands])
     cost = median([1 - r["with"] / r["without"] for r in commands])
+    us_without = median([r["without_writer_us"] for r in commands])
+    us_with = median([r["with_writer_us"] for r in commands])
+    nats_cpu = median([r["with_nats_cpu"] for r in commands])
     print_table(
         "The writer's durable commands/s (shape b), with and without the JetStream publisher (medians over runs)",
-        ["without", "with publisher", "cost"],
-        [[without, with_, f"{cost:.1%}"]],
+        ["without", "with publisher", "cost", "writer us/cmd without", "with", "nats-server cpu"],
+        [[without, with_, f"{cost:.1%}", us_without, us_with, f"{nats_cpu:.0%}"]],
     )
     print_table(
         "Total eventual queries/s with N JetStream replica processes beside the writer (2 cores in all)",
