@@ -343,8 +343,8 @@ class WrongLog(PersistenceError):
         self.expected = expected
         self.found = found
         super().__init__(
-            f"{feed} carries log {found!r}, but this replica holds log {expected!r}; point it at the stream "
-            "its writer publishes to (--nats-stream), or start it on a fresh --db"
+            f"{feed} carries log {found!r}, but this process holds log {expected!r}; point it at the stream "
+            "its writer publishes to (--nats-stream), or start a replica on a fresh --db"
         )
 
 

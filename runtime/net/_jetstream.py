@@ -50,7 +50,7 @@ import orjson
 import structlog
 from nats.js import api
 
-from .._errors import CQRSError, WrongLog
+from .._errors import CQRSError, LogCorrupted, WrongLog
 from .._messages import RecordedEvent, encode
 from ._client import EventStream, _Endpoint, _tcp
 from ._errors import ConnectionLost, UpstreamUnavailable
@@ -320,11 +320,10 @@ class JetStreamPublisher:
                 raise WrongLog(f"JetStream stream {self.stream!r} (message {last_seq})", self.log_id, str(found))
             position = int(headers["Soloist-Last"])
         if position > self.app.position:
-            raise WrongLog(
-                f"JetStream stream {self.stream!r} (it holds position {position}, this log ends at "
-                f"{self.app.position})",
-                self.log_id,
-                f"{self.log_id} (a longer copy)",
+            raise LogCorrupted(
+                f"JetStream stream {self.stream!r} holds positions of this log up to {position}, but the log ends "
+                f"at {self.app.position}: was it restored from an older copy? Publishing waits; delete the stream "
+                "(its replicas then refill from the writer) or restore the newer log"
             )
         self._last_seq = last_seq
         self._advance(position)
@@ -598,7 +597,7 @@ class JetStreamFollower:
         start = await self._start_seq(js, info.state.first_seq, info.state.last_seq)
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, pending_msgs_limit=self._pending_msgs, pending_bytes_limit=256 << 20)
-        await js._jsm.add_consumer(  # a plain push consumer: in order, no acks, gone when we are
+        await nc.jsm(timeout=self._timeout).add_consumer(  # a plain push consumer: in order, no acks, gone with us
             self.stream,
             config=api.ConsumerConfig(
                 deliver_subject=inbox,

@@ -251,3 +251,33 @@ def test_names() -> None:
     """The default stream name is a valid JetStream name naming the domain; one subject per stream."""
     assert default_stream_name("shop.v2") == "soloist-shop_v2"
     assert subject_of("s") == "soloist.s.batch"
+
+
+class TestOlderCopy:
+    async def test_publisher_of_a_restored_older_log_waits(self, tmp_path: Path, nats_server: NatsServer) -> None:
+        """A writer restored from an older copy of its log does not publish over the stream's newer positions."""
+        async with writer(tmp_path, nats_server) as (app, publisher, _server, _tg):
+            head = await deposits(app, "a", 2)
+            with anyio.fail_after(20):
+                await publisher.wait_published(head)
+        for suffix in ("", "-wal", "-shm"):
+            source = tmp_path / f"writer.db{suffix}"
+            if source.exists():
+                (tmp_path / f"older.db{suffix}").write_bytes(source.read_bytes())
+        async with writer(tmp_path, nats_server) as (app, publisher, _server, _tg):
+            head = await deposits(app, "b", 2)
+            with anyio.fail_after(20):
+                await publisher.wait_published(head)
+        for suffix in ("", "-wal", "-shm"):
+            older = tmp_path / f"older.db{suffix}"
+            target = tmp_path / f"writer.db{suffix}"
+            if older.exists():
+                target.write_bytes(older.read_bytes())
+            elif target.exists():
+                target.unlink()
+        async with writer(tmp_path, nats_server) as (app, publisher, _server, _tg):
+            with anyio.fail_after(20):
+                error = await publisher.wait_error()
+            assert "older copy" in error
+            assert app.position == 3
+            assert publisher.statistics().published_position == 0
