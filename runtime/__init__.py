@@ -48,6 +48,7 @@ from ._errors import UnknownSchemaVersion as UnknownSchemaVersion
 from ._errors import UnknownType as UnknownType
 from ._errors import UpstreamUnavailable as UpstreamUnavailable
 from ._errors import WriterLocked as WriterLocked
+from ._errors import WrongLog as WrongLog
 from ._gc import ProcessTuning as ProcessTuning
 from ._gc import tune_process as tune_process
 from ._logging import configure_logging as configure_logging
@@ -110,6 +111,7 @@ __all__ = [
     "UnknownType",
     "UpstreamUnavailable",
     "WriterLocked",
+    "WrongLog",
     "configure_logging",
     "tune_process",
 ]

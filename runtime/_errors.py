@@ -31,7 +31,8 @@ class, so a client re-raises exactly the class the server raised (:func:`error_f
     │   ├── WriterLocked        writer_locked         another process owns this log's writer lock
     │   ├── Fenced              fenced                this writer lost its lease on a shared (PostgreSQL) log
     │   ├── NotALog             not_a_log             the file is not SQLite, or an SQLite file of something else
-    │   └── LogMismatch         log_mismatch          a replica's upstream serves another log than the one it copies
+    │   ├── LogMismatch         log_mismatch          a replica's upstream serves another log than the one it copies
+    │   └── WrongLog            wrong_log             a feed (a JetStream stream) carries another log than this one
     ├── RemoteError             remote                client side: an error code this client does not know
     └── ConnectionLost          connection_lost       client side: the connection closed with requests unanswered
 
@@ -83,6 +84,7 @@ __all__ = [
     "UnknownType",
     "UpstreamUnavailable",
     "WriterLocked",
+    "WrongLog",
     "error_from_wire",
     "translate_sqlite_error",
 ]
@@ -388,6 +390,21 @@ class Fenced(PersistenceError):
         self.epoch = epoch  # the lease's current epoch, when known
         self.holder = holder  # who holds it now, when known
         super().__init__(message)
+
+
+class WrongLog(PersistenceError):
+    """A feed of committed events (a JetStream stream) carries another log than the one this process holds."""
+
+    code = "wrong_log"
+
+    def __init__(self, feed: str, expected: str, found: str) -> None:
+        self.feed = feed
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"{feed} carries log {found!r}, but this process holds log {expected!r}; point it at the stream "
+            "its writer publishes to (--nats-stream), or start a replica on a fresh --db"
+        )
 
 
 class RemoteError(CQRSError):

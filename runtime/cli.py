@@ -7,6 +7,8 @@
                     [--http-port N]   (GET /metrics, /api/stats and the live dashboard /; also on replica)
     soloist replica --upstream HOST:PORT [--host 127.0.0.1] [--port 7421] [--db replica.db] [--replicas 4]
                     [--domain module:ATTR] [--token T] [--upstream-token T]
+    soloist serve   ... --nats nats://HOST:PORT [--nats-stream NAME]      (publish committed batches)
+    soloist replica --nats nats://HOST:PORT [--nats-stream NAME] [--upstream HOST:PORT] ...  (fed by JetStream)
     soloist send    ['{"op": "ping"}'] [--host] [--port] [--unix] [--token]   (JSON from argv or stdin)
     soloist stats   [--host] [--port] [--unix] [--token]
     soloist backup  --db PATH OUT      (a consistent copy of the log, safe while the server runs)
@@ -40,8 +42,9 @@ from ._errors import ConnectionLost, CQRSError
 from ._gc import tune_process
 from ._logging import configure_logging
 from ._metrics import Metrics
-from .net import Client, Follower, Server, parse_address
+from .net import Client, Follower, Server, Upstream, parse_address
 from .net._http import HttpServer
+from .net._jetstream import JetStreamFollower, JetStreamPublisher
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -100,6 +103,8 @@ async def _serve(args: argparse.Namespace) -> int:
                 _log.info("seeded", commands=len(commands), position=app.position)
             server = _server(app, args)
             async with anyio.create_task_group() as tg:
+                if args.nats is not None:  # after the commit, never before: it reads what the broadcast hands out
+                    await tg.start(JetStreamPublisher(app, args.nats, args.nats_stream).run)
                 await tg.start(server.serve)
                 await _start_http(tg, app, args, server)
                 await _until_signal(signals)
@@ -113,7 +118,7 @@ def _tune() -> None:
     _log.info("process_tuned", switch_interval=tuning.switch_interval, gc_frozen=tuning.frozen)
 
 
-def _server(app: App, args: argparse.Namespace, *, upstream: Follower | None = None) -> Server:
+def _server(app: App, args: argparse.Namespace, *, upstream: Upstream | None = None) -> Server:
     """The socket server with the listening and per-connection options shared by serve and replica."""
     return Server(
         app,
@@ -130,10 +135,15 @@ def _server(app: App, args: argparse.Namespace, *, upstream: Follower | None = N
 
 async def _replica(args: argparse.Namespace) -> int:
     domain = load_domain(args.domain)
-    try:
-        parse_address(args.upstream)
-    except ValueError as exc:
-        raise UsageError(f"--upstream: {exc}") from None
+    if args.upstream is None and args.nats is None:
+        raise UsageError("give --upstream HOST:PORT (follow the writer) or --nats URL (follow its JetStream stream)")
+    if args.upstream is not None:
+        try:
+            parse_address(args.upstream)
+        except ValueError as exc:
+            raise UsageError(f"--upstream: {exc}") from None
+    if args.nats is not None:
+        return await _jetstream_replica(args, domain)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with App(domain, args.db, replicas=args.replicas, follower_of=args.upstream) as app:
             _tune()
@@ -158,6 +168,28 @@ async def _start_http(
         return
     metrics = Metrics(app, server=server, follower=follower)
     await tg.start(HttpServer(metrics, host=args.host, port=args.http_port).serve)
+
+
+async def _jetstream_replica(args: argparse.Namespace, domain: Domain[Any, Any, Any, Any]) -> int:
+    """A replica fed by JetStream; ``--upstream`` (optional) fills gaps and answers ``strong``."""
+    writer = args.upstream or f"the writer publishing to {args.nats_stream or 'its stream'} at {args.nats}"
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # synchronous=NORMAL: this log is a copy that can always be fetched again (WAL keeps it consistent
+        # through a kill -9; a power loss may drop its last transactions, and the follower resumes before them)
+        async with App(domain, args.db, replicas=args.replicas, follower_of=writer, synchronous="NORMAL") as app:
+            _tune()
+            follower = JetStreamFollower(
+                app, args.nats, args.nats_stream, upstream=args.upstream, token=args.upstream_token
+            )
+            server = _server(app, args, upstream=follower)
+            async with anyio.create_task_group() as outer:
+                await outer.start(follower.run)
+                async with anyio.create_task_group() as inner:
+                    await inner.start(server.serve)
+                    await _until_signal(signals)
+                    inner.cancel_scope.cancel()
+                outer.cancel_scope.cancel()
+    return 0
 
 
 # -- one-shot clients ---------------------------------------------------------------------------------
@@ -271,9 +303,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--snapshot-every", type=int, default=0, metavar="N", help="checkpoint every N events")
     serve.add_argument("--no-seed", action="store_true", help="do not run the domain's seed on an empty log")
 
+    def nats_options(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--nats", default=None, metavar="URL", help=f"{what} (e.g. nats://127.0.0.1:4222)")
+        p.add_argument(
+            "--nats-stream", default=None, metavar="NAME", help="the JetStream stream (default soloist-<domain>)"
+        )
+
+    nats_options(serve, "publish every committed batch to JetStream at this NATS server")
+
     replica = sub.add_parser("replica", help="follow a writer and serve queries (read-only)")
     server_options(replica, 7421, "replica.db")
-    replica.add_argument("--upstream", required=True, metavar="HOST:PORT", help="the writer to follow")
+    replica.add_argument("--upstream", default=None, metavar="HOST:PORT", help="the writer to follow")
+    nats_options(replica, "follow the writer's JetStream stream at this NATS server instead")
     replica.add_argument("--upstream-token", default=token, help="token for the writer (or $SOLOIST_TOKEN)")
 
     def client_options(p: argparse.ArgumentParser) -> None:
