@@ -179,6 +179,27 @@ class TestGetProduct:
         assert isinstance(answer, dict)
         assert (answer["price_cents"], answer["stock"], answer["units_sold"]) == (2700, 8, 2)
 
+    def test_answers_follow_each_change_between_queries(self, shop: ShopHarness) -> None:
+        """Asked after every event (answers are kept until the product changes), GetProduct is never stale."""
+
+        def seen() -> tuple[object, ...]:
+            answer = shop.query(GetProduct(sku="K1"))
+            assert isinstance(answer, dict)
+            assert shop.query(GetProduct(sku="K1")) is answer  # kept while nothing changes
+            return answer["price_cents"], answer["stock"], answer["units_sold"]
+
+        start = seen()
+        shop.execute(ChangePrice(sku="K1", price_cents=2700))
+        assert seen() == (2700, start[1], 0)
+        shop.execute(Restock(sku="K1", quantity=6))
+        assert seen() == (2700, start[1] + 6, 0)  # type: ignore[operator]
+        shop.execute(place("o-1", "c-ada", ("K1", 3)))
+        assert seen() == (2700, start[1] + 3, 3)  # type: ignore[operator]
+        shop.execute(CancelOrder(order_id="o-1"))
+        assert seen() == (2700, start[1] + 6, 0)  # type: ignore[operator]
+        shop.read.restore(orjson.loads(orjson.dumps(shop.read.snapshot())))  # restore drops kept answers
+        assert seen() == (2700, start[1] + 6, 0)  # type: ignore[operator]
+
     def test_unknown_sku_is_not_found(self, shop: ShopHarness) -> None:
         """An absent product raises NotFound naming it."""
         with pytest.raises(NotFound) as caught:
