@@ -34,7 +34,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine, median, percentile, print_table, write_json
-from soloist import App, configure_logging
+from soloist import App, configure_logging, tune_process
 from soloist._log import EventLog
 from soloist_shop.commands import Restock
 from soloist_shop.events import ProductAdded, ProductRestocked
@@ -104,6 +104,7 @@ async def run_soloist(path: Path, submitters: int, seconds: float) -> dict[str, 
     """``submitters`` tasks each awaiting ``App.execute`` in a loop until the deadline."""
     latencies: list[float] = []
     async with App(DOMAIN, path) as app:
+        tuning = tune_process(freeze_gc=True)  # as `soloist serve` does once its App has started
         start_position = app.position
         deadline = time.perf_counter() + seconds
 
@@ -126,6 +127,7 @@ async def run_soloist(path: Path, submitters: int, seconds: float) -> dict[str, 
         elapsed = time.perf_counter() - started
         stats = app.writer.statistics()
         assert app.position - start_position == len(latencies)
+        tuning.undo()
     latencies.sort()
     return {
         "commands_per_s": len(latencies) / elapsed,
@@ -219,6 +221,9 @@ def main() -> None:
     if args.quick:
         args.runs, args.seconds, args.events = 1, 1.0, 20_000
     configure_logging("warning")
+    # as `soloist serve` does (docs/ARCHITECTURE.md): a 0.5 ms switch interval here, and the GC frozen once
+    # each App has started (run_soloist)
+    tune_process()
     levels = [int(x) for x in args.submitters.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="soloist-bench-"))

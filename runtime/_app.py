@@ -200,6 +200,7 @@ class App:
         if position:
             self._last_checkpoint = position
         replay_started = time.perf_counter()
+        self._make_processes()
         await self._replay_at_start(head, replicas)
         if self._writer is not None:
             await self._writer.load_keys()
@@ -245,7 +246,9 @@ class App:
         and applied to every replica, each from its own checkpoint position. Synchronous reads on this
         thread (nothing is served yet; see LogScanner); the loop gets a turn between chunks."""
         writer = self._writer
+        processes = tuple(self._processes.values())  # folded here too: one pass, not one per reader
         starts = [r.position for r in replicas] + ([writer.position] if writer is not None else [])
+        starts += [p.position for p in processes]  # no checkpoint of their own yet: folded from 0
         after = min(starts)
         if after >= head:
             return
@@ -259,6 +262,8 @@ class App:
                     first, last = events[0].position, events[-1].position
                     if writer is not None and last > writer.position:
                         writer.replay(events if first > writer.position else _after(events, writer.position))
+                    for process in processes:
+                        process.replay(events)
                     batch = Batch(events=tuple(events))
                     for replica in replicas:
                         if not replica.failed and last > replica.position:
@@ -548,16 +553,19 @@ class App:
 
     # -- process managers -----------------------------------------------------------------------------
 
-    async def _start_processes(self, tg: TaskGroup) -> None:
-        """Start the domain's process managers (a writer only): each folds the log from 0, then follows it."""
+    def _make_processes(self) -> None:
+        """The domain's process managers (a writer only), made before the start's one pass folds them."""
         if self._writer is None or self._broadcast is None:
             return
         broadcast = self._broadcast
         for manager in processes_of(self.domain.processes):
-            runner: ProcessRunner[Any] = ProcessRunner(
+            self._processes[manager.name] = ProcessRunner(
                 manager, subscribe=broadcast.subscribe, execute=self._execute_keyed, head=self._head
             )
-            self._processes[manager.name] = runner
+
+    async def _start_processes(self, tg: TaskGroup) -> None:
+        """Start the process managers: folded up to the head at start, each follows the log from there."""
+        for runner in self._processes.values():
             await tg.start(runner.run)
 
     async def _execute_keyed(self, command: object, key: str) -> Receipt:

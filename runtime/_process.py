@@ -170,14 +170,15 @@ class ProcessRunner(Generic[P]):
         return self.manager.name
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> NoReturn:
-        """Fold the log from position 0 and run the wanted steps, forever (until cancelled).
+        """Fold the log from :attr:`position` (0, or where :meth:`replay` left it) and run the wanted steps,
+        forever (until cancelled).
 
         No step runs before the fold has caught up with the head the log had at start: a state folded only
         part of the way would want steps that later events already made moot (a capture for an order that
         was cancelled further on).
         """
         caught_up = self._head() if self._head is not None else 0
-        subscription = self._subscribe(0)
+        subscription = self._subscribe(self.position)  # an App folds the log up to its head first (replay)
         async with subscription, anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self._fold_batches, subscription)
@@ -195,6 +196,16 @@ class ProcessRunner(Generic[P]):
         raise AssertionError("unreachable")  # pragma: no cover  (the loop above never ends)
 
     # -- folding ---------------------------------------------------------------------------------------
+
+    def replay(self, events: Sequence[RecordedEvent]) -> None:
+        """Fold committed events (after :attr:`position`, in order) before :meth:`run`: the App's one pass at
+        start feeds every reader of the log from the same decoded chunks."""
+        position = self.position
+        for event in events:
+            if event.position > position:
+                self._fold(event)
+        if events and events[-1].position > position:
+            self.position = events[-1].position
 
     async def _fold_batches(self, subscription: Subscription) -> None:
         async for batch in subscription:
