@@ -103,28 +103,38 @@ _CHUNK_COLUMNS: Final = (
 _SELECT_FROM: Final = (
     f"SELECT {_CHUNK_COLUMNS} FROM (SELECT * FROM events WHERE position > ? ORDER BY position LIMIT ?)"
 )
+# Row by row, for LogScanner: stepping on the loop's thread costs no GIL hand-over (see LogScanner).
+_SELECT_ROWS: Final = (
+    "SELECT position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at "
+    "FROM events WHERE position > ? ORDER BY position LIMIT ?"
+)
 _SELECT_STREAM: Final = f"SELECT {_CHUNK_COLUMNS} FROM (SELECT * FROM events WHERE stream = ? ORDER BY version)"
 
 
 # A stored row as the chunk query returns it, the event's JSON left undecoded until its type is known.
 _StoredRow = tuple[int, str, int, str, int, msgspec.Raw, str, str | None, float]
+_Row = tuple[int, str, int, str, int, "bytes | str | msgspec.Raw", str, str | None, float]
 _decode_rows: Final = msgspec.json.Decoder(list[_StoredRow]).decode
 
 
 def decode_chunk(text: str | bytes | None, events: TypeRegistry) -> list[RecordedEvent]:
-    """One chunk (a JSON array of rows, see ``_SELECT_FROM``) -> recorded events, in position order.
-
-    The one row decoder: every reader of the log (catch-up, replay at start, followers) goes through it.
-    """
+    """One chunk (a JSON array of rows, see ``_SELECT_FROM``) -> recorded events, in position order."""
     if not text:
         return []
-    decode = events.decode_stored
-    make = RecordedEvent  # positional: the fields are in the row's order, minus the schema column
     with gc_paused():
         rows = _decode_rows(text)
         # json_group_array keeps the subquery's order in practice, but SQLite does not promise it:
         # sorting an already sorted list is one C pass.
         rows.sort(key=_first)
+        return decode_rows(rows, events)
+
+
+def decode_rows(rows: Sequence[_Row], events: TypeRegistry) -> list[RecordedEvent]:
+    """Stored rows -> recorded events: the one row decoder, for every reader of the log (catch-up, replay at
+    start, followers). ``data`` is the event's JSON (bytes, text or ``msgspec.Raw``)."""
+    decode = events.decode_stored
+    make = RecordedEvent  # positional: the fields are in the row's order, minus the schema column
+    with gc_paused():
         out = [
             make(
                 position,
@@ -176,10 +186,10 @@ class LogScanner:
 
     def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
         try:
-            row = self._conn.execute(_SELECT_FROM, (after, limit)).fetchone()
+            rows = self._conn.execute(_SELECT_ROWS, (after, limit)).fetchall()
         except sqlite3.Error as exc:
             raise translate_sqlite_error(exc, what=f"replaying {self.path} after position {after}") from exc
-        return decode_chunk(None if row is None else row[0], self._events)
+        return decode_rows(rows, self._events)
 
     def close(self) -> None:
         self._conn.close()

@@ -161,7 +161,7 @@ class TypeRegistry:
         self._by_class: dict[type, str] = {}
         self._tags: dict[type, tuple[str, int]] = {}  # class -> (type name, schema version), one lookup
         # type name -> (bound decode, current schema): what decode_stored needs, in one lookup and one unpack
-        self._stored: dict[str, tuple[Callable[[bytes | msgspec.Raw], object], int]] = {}
+        self._stored: dict[str, tuple[Callable[[bytes | str | msgspec.Raw], object], int]] = {}
         self._chains: dict[str, UpcastChain] = {}
         self.upcasting = False  # True once some type has an upcaster (then readers fix up schema numbers)
         for cls in classes:
@@ -242,7 +242,7 @@ class TypeRegistry:
         entry = self._by_name.get(type_name)
         return schema if entry is None else entry.schema
 
-    def decode_stored(self, type_name: str, data: bytes | msgspec.Raw, schema: int | None = None) -> object:
+    def decode_stored(self, type_name: str, data: bytes | str | msgspec.Raw, schema: int | None = None) -> object:
         """Decode an event the log holds (JSON this registry's classes produced), as its current version.
 
         ``schema`` is the version it was written with (None: the current one). The current version takes
@@ -260,7 +260,7 @@ class TypeRegistry:
         return self._upcast(type_name, self._by_name[type_name], data, schema)
 
     def _upcast(
-        self, type_name: str, entry: _Entry, data: bytes | msgspec.Raw | dict[str, object], schema: int
+        self, type_name: str, entry: _Entry, data: bytes | str | msgspec.Raw | dict[str, object], schema: int
     ) -> object:
         chain = self._chains.get(type_name) or UpcastChain(type_name, entry.schema, entry.schema, ())
         value = chain.upcast(data, schema)

@@ -44,7 +44,9 @@ class UpcastChain(NamedTuple):
     oldest: int  # the oldest version that can be read (== current when there are no upcasters)
     steps: tuple[Upcaster, ...]  # steps[i] takes version oldest + i to oldest + i + 1
 
-    def upcast(self, data: bytes | msgspec.Raw | Mapping[str, Any], schema: int, *, at: str = "") -> dict[str, Any]:
+    def upcast(
+        self, data: bytes | str | msgspec.Raw | Mapping[str, Any], schema: int, *, at: str = ""
+    ) -> dict[str, Any]:
         """The JSON object of ``data`` (version ``schema``) brought to the current version."""
         if schema > self.current or schema < self.oldest:
             raise UnknownSchemaVersion(self.type_name, schema, self.current, oldest=self.oldest, at=at)
