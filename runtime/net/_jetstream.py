@@ -132,6 +132,76 @@ def _encode_rows(events: Sequence[RecordedEvent]) -> bytes:
     return encode([(e.position, e.stream, e.version, e.type, e.schema, e.data, e.recorded_at) for e in events])
 
 
+class _Again(Exception):
+    """Not a failure of NATS: the session must start again at once (from the right place)."""
+
+
+class _NatsLink:
+    """What the publisher and the JetStream follower share: sessions on a NATS connection, reconnecting with
+    backoff, and the last error (``statistics().last_error``, :meth:`wait_error`). A subclass says what one
+    session does, what a stream of another log does to it, and how soon it goes again after :class:`_Again`."""
+
+    role: str  # in the log lines: jetstream_<role>_unreachable / _refused / _interrupted
+    url: str
+    stream: str
+    _timeout: float
+    _backoff: tuple[float, float]
+
+    def _init_link(self) -> None:
+        self._connected = False
+        self._sessions = 0
+        self._last_error: str | None = None
+        self._errored = anyio.Event()
+
+    async def _session(self, nc: NATS) -> None:
+        raise NotImplementedError
+
+    async def _refused(self, exc: WrongLog) -> NoReturn:
+        raise NotImplementedError
+
+    def _again(self, exc: _Again, delay: float) -> float:
+        raise NotImplementedError
+
+    async def _sessions_forever(self) -> NoReturn:
+        """Connect, run a session, and again after a backoff (``_backoff``: first, longest), forever."""
+        low, high = self._backoff
+        delay = low
+        while True:
+            try:
+                nc = await nats.connect(**_connect_options(self.url, self._timeout))  # type: ignore[arg-type]
+            except _NATS_ERRORS as exc:
+                self._note_error(f"jetstream_{self.role}_unreachable", exc, delay)
+            else:
+                self._sessions += 1
+                try:
+                    await self._session(nc)
+                except WrongLog as exc:
+                    self._last_error = str(exc)
+                    self._errored.set()
+                    _log.error(f"jetstream_{self.role}_refused", stream=self.stream, error=str(exc))
+                    await self._refused(exc)
+                except _Again as exc:
+                    delay = self._again(exc, delay)
+                except (*_NATS_ERRORS, CQRSError) as exc:
+                    self._note_error(f"jetstream_{self.role}_interrupted", exc, delay)
+                finally:
+                    self._connected = False
+                    await _close(nc)
+            await anyio.sleep(delay)  # a real backoff, not ordering
+            delay = min(max(delay, low) * 2, high)
+
+    async def wait_error(self) -> str:
+        """Wait until a failure is recorded (bound it with ``anyio.fail_after``); its text."""
+        await self._errored.wait()
+        assert self._last_error is not None
+        return self._last_error
+
+    def _note_error(self, event: str, exc: BaseException, delay: float) -> None:
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        self._errored.set()
+        _log.warning(event, url=self.url, stream=self.stream, error=self._last_error, retry_s=delay)
+
+
 # -- the publisher ------------------------------------------------------------------------------------
 
 
@@ -149,13 +219,15 @@ class JetStreamPublisherStatistics:
     last_error: str | None
 
 
-class _Resync(Exception):
+class _Resync(_Again):
     """The stream is not where this publisher thought: read its last message again."""
 
 
 @final
-class JetStreamPublisher:
+class JetStreamPublisher(_NatsLink):
     """Publishes every committed batch of a writer ``App``. Start with ``await tg.start(publisher.run)``."""
+
+    role = "publisher"
 
     def __init__(
         self,
@@ -182,16 +254,13 @@ class JetStreamPublisher:
         self._timeout = publish_timeout
         self._backoff = backoff
         self._max_msgs = max_msgs
-        self._connected = False
         self._published = 0
         self._last_seq = 0
         self._messages = 0
         self._events = 0
-        self._sessions = 0
         self._resyncs = 0
-        self._last_error: str | None = None
-        self._errored = anyio.Event()
         self._progress = anyio.Event()
+        self._init_link()
 
     @property
     def log_id(self) -> str:
@@ -228,43 +297,15 @@ class JetStreamPublisher:
         keeps serving: it never depends on NATS); ``statistics().last_error`` says why.
         """
         task_status.started()
-        low, high = self._backoff
-        delay = low
-        while True:
-            try:
-                nc = await nats.connect(**_connect_options(self.url, self._timeout))  # type: ignore[arg-type]
-            except _NATS_ERRORS as exc:
-                self._note_error("jetstream_publisher_unreachable", exc, delay)
-            else:
-                self._sessions += 1
-                try:
-                    await self._session(nc)
-                except WrongLog as exc:
-                    # The writer keeps serving (it never depends on NATS); publishing stops, loudly.
-                    self._last_error = str(exc)
-                    self._errored.set()
-                    _log.error("jetstream_publisher_refused", stream=self.stream, error=str(exc))
-                    await anyio.sleep_forever()
-                except (*_NATS_ERRORS, _Resync, CQRSError) as exc:
-                    self._note_error("jetstream_publisher_interrupted", exc, delay)
-                    if isinstance(exc, _Resync):
-                        delay = low  # not a failure of NATS: go again at once
-                finally:
-                    self._connected = False
-                    await _close(nc)
-            await anyio.sleep(delay)  # a real backoff, not ordering
-            delay = min(delay * 2, high)
+        await self._sessions_forever()
 
-    async def wait_error(self) -> str:
-        """Wait until a failure is recorded (bound it with ``anyio.fail_after``); its text."""
-        await self._errored.wait()
-        assert self._last_error is not None
-        return self._last_error
+    async def _refused(self, exc: WrongLog) -> NoReturn:
+        await anyio.sleep_forever()  # the writer keeps serving (it never depends on NATS); publishing stops, loudly
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _note_error(self, event: str, exc: BaseException, delay: float) -> None:
-        self._last_error = f"{type(exc).__name__}: {exc}"
-        self._errored.set()
-        _log.warning(event, url=self.url, stream=self.stream, error=self._last_error, retry_s=delay)
+    def _again(self, exc: _Again, delay: float) -> float:
+        self._note_error(f"jetstream_{self.role}_interrupted", exc, delay)
+        return self._backoff[0]  # not a failure of NATS: go again at once
 
     async def _session(self, nc: NATS) -> None:
         js = nc.jetstream(timeout=self._timeout)
@@ -398,13 +439,15 @@ def _quantile(ordered: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
 
-class _Gap(Exception):
+class _Gap(_Again):
     """A message starts past the local position: read the stream again from the right sequence."""
 
 
 @final
-class JetStreamFollower:
+class JetStreamFollower(_NatsLink):
     """Feeds a follower ``App`` from a JetStream stream. Start with ``await tg.start(follower.run)``."""
+
+    role = "follower"
 
     def __init__(
         self,
@@ -438,7 +481,6 @@ class JetStreamFollower:
         self._max_messages = max_messages  # messages applied in one local transaction, at most
         self._state_path = Path(f"{os.fspath(app.path)}.jetstream")
         self._log_id: str | None = self._load_log_id()
-        self._connected = False
         self._seq = 0
         self._expect = 0
         self._head = 0
@@ -450,11 +492,9 @@ class JetStreamFollower:
         self._skipped = 0
         self._refetched = 0
         self._filled = 0
-        self._sessions = 0
-        self._last_error: str | None = None
-        self._errored = anyio.Event()
         self._subscribed = anyio.Event()
         self._progress = anyio.Event()
+        self._init_link()
 
     # -- Upstream (what the Server needs for strong queries and stats) ---------------------------------
 
@@ -547,48 +587,16 @@ class JetStreamFollower:
             if self._probe is not None:
                 tg.start_soon(self._probe._probe_loop)  # the socket follower's batched head probes, reused
             task_status.started()
-            await self._follow()
+            await self._sessions_forever()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _follow(self) -> NoReturn:
-        low, high = self._backoff
-        delay = low
-        while True:
-            try:
-                nc = await nats.connect(**_connect_options(self.url, self._timeout))  # type: ignore[arg-type]
-            except _NATS_ERRORS as exc:
-                self._note_error("jetstream_follower_unreachable", exc, delay)
-            else:
-                self._sessions += 1
-                try:
-                    await self._session(nc)
-                except WrongLog as exc:
-                    self._last_error = str(exc)
-                    self._errored.set()
-                    _log.error("jetstream_follower_refused", stream=self.stream, error=str(exc))
-                    raise
-                except _Gap as exc:
-                    self._refetched += 1
-                    _log.info("jetstream_follower_gap", stream=self.stream, detail=str(exc))
-                    delay = low / 2  # not a failure: read again at once (bounded by the backoff floor)
-                except (*_NATS_ERRORS, CQRSError) as exc:
-                    self._note_error("jetstream_follower_interrupted", exc, delay)
-                finally:
-                    self._connected = False
-                    await _close(nc)
-            await anyio.sleep(delay)  # a real backoff, not ordering
-            delay = min(max(delay, low) * 2, high)
+    async def _refused(self, exc: WrongLog) -> NoReturn:
+        raise exc  # a replica must not serve another log's events: it stops (and the process with it)
 
-    async def wait_error(self) -> str:
-        """Wait until a failure is recorded (bound it with ``anyio.fail_after``); its text."""
-        await self._errored.wait()
-        assert self._last_error is not None
-        return self._last_error
-
-    def _note_error(self, event: str, exc: BaseException, delay: float) -> None:
-        self._last_error = f"{type(exc).__name__}: {exc}"
-        self._errored.set()
-        _log.warning(event, url=self.url, stream=self.stream, error=self._last_error, retry_s=delay)
+    def _again(self, exc: _Again, delay: float) -> float:
+        self._refetched += 1
+        _log.info("jetstream_follower_gap", stream=self.stream, detail=str(exc))
+        return self._backoff[0] / 2  # not a failure: read again at once (bounded by the backoff floor)
 
     async def _session(self, nc: NATS) -> None:
         js = nc.jetstream(timeout=self._timeout)
