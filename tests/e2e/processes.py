@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,14 +14,37 @@ import anyio
 import orjson
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from anyio.abc import Process
 
-__all__ = ["ROOT", "SoloistProcess", "run_cli", "soloist"]
+__all__ = ["ROOT", "SoloistProcess", "run_cli", "soloist", "tmpfs"]
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "tests.toy:BANK"
+
+
+@contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount`` with ``options`` (``size=2m``, ``ro,size=1m``), unmounted after.
+
+    Needs root: skipped with the reason where it cannot be mounted, except under CI=true, where it fails.
+    """
+    import pytest  # only the tests that mount import it
+
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        reason = f"cannot mount a tmpfs ({options}) at {mount} (root needed): {done.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _env() -> dict[str, str]:

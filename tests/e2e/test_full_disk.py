@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
 
 from soloist import CQRSError
 from soloist.net import Client
-from tests.e2e.processes import soloist
+from tests.e2e.processes import soloist, tmpfs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -24,20 +23,8 @@ pytestmark = pytest.mark.uvloop_only
 @pytest.fixture(name="small_disk")
 def _small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs mounted in the test's directory (needs root); skipped if it cannot be mounted (not on CI)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        reason = f"cannot mount a 2 MiB tmpfs at {mount} (root needed): {done.stderr.strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
+    with tmpfs(tmp_path / "disk", "size=2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _keys_in_log(db: Path) -> set[str]:

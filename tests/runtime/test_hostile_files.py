@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -13,7 +11,7 @@ import pytest
 
 from soloist import App, NotALog, PersistenceError
 from soloist._log import EventLog
-from tests.e2e.processes import ROOT, _env
+from tests.e2e.processes import ROOT, _env, tmpfs
 from tests.toy import BANK, Open
 
 if TYPE_CHECKING:
@@ -141,20 +139,8 @@ class TestServeRefuses:
 @pytest.fixture(name="read_only_dir")
 def _read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs mounted in the test's directory (root needed; skipped otherwise, except under CI=true)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        reason = f"cannot mount a read-only tmpfs at {mount} (root needed): {done.stderr.strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.uvloop_only
