@@ -98,20 +98,32 @@ class SoloistProcess:
 
 
 @asynccontextmanager
-async def soloist(log: Path, *args: str) -> AsyncIterator[SoloistProcess]:
-    """Start ``soloist <args>`` (with the toy bank domain) and wait until it listens; kill it if still running."""
+async def soloist(
+    log: Path,
+    *args: str,
+    domain: str | None = DOMAIN,
+    port: int | None = 0,
+    listening: bool = True,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[SoloistProcess]:
+    """Start ``soloist <args>`` and wait until it listens (unless ``listening`` is False); kill it if still running.
+
+    ``domain``: the toy bank by default, None for the CLI's default (the shop); ``port``: appended as ``--port``
+    (0: a free one), None when the caller gives its own; ``env``: the environment (default :func:`_env`).
+    """
+    command = [sys.executable, "-m", "soloist.cli", *args]
+    if domain is not None:
+        command += ["--domain", domain]
+    if port is not None:
+        command += ["--port", str(port)]
     with log.open("wb") as sink:
         process = await anyio.open_process(
-            [sys.executable, "-m", "soloist.cli", *args, "--domain", DOMAIN, "--port", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=sink,
-            env=_env(),
-            cwd=ROOT,
+            command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, env=env or _env(), cwd=ROOT
         )
     running = SoloistProcess(process, log)
     try:
-        await running.wait_listening()
+        if listening:
+            await running.wait_listening()
         yield running
     finally:
         if process.returncode is None:

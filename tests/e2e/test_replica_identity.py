@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-import subprocess
-import sys
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -13,7 +11,7 @@ import anyio
 import pytest
 
 from soloist.net import Client
-from tests.e2e.processes import DOMAIN, ROOT, SoloistProcess, _env
+from tests.e2e.processes import SoloistProcess, soloist
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -25,26 +23,8 @@ pytestmark = pytest.mark.uvloop_only
 @asynccontextmanager
 async def started(log: Path, *args: str, listening: bool = True) -> AsyncIterator[SoloistProcess]:
     """``soloist <args>`` with the toy bank (the caller gives --port); killed on exit if still running."""
-    with log.open("wb") as sink:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "soloist.cli", *args, "--domain", DOMAIN],
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=sink,
-            env=_env(),
-            cwd=ROOT,
-        )
-    running = SoloistProcess(process, log)
-    try:
-        if listening:
-            await running.wait_listening()
+    async with soloist(log, *args, port=None, listening=listening) as running:
         yield running
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with anyio.move_on_after(10, shield=True):
-                await process.wait()
-        await process.aclose()
 
 
 def _free_port() -> int:

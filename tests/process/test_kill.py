@@ -7,8 +7,6 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
-import sys
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -18,7 +16,7 @@ import pytest
 from soloist import ConnectionLost
 from soloist.net import Client
 from soloist_shop.payments import read_charges
-from tests.e2e.processes import ROOT, SoloistProcess, _env
+from tests.e2e.processes import SoloistProcess, _env, soloist
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
@@ -35,21 +33,9 @@ async def shop_server(tmp_path: Path, *, deadline: float = 30.0, run: int = 0) -
     env["SOLOIST_SHOP_PAYMENT_DEADLINE"] = str(deadline)
     env["SOLOIST_SHOP_GATEWAY_CRASH"] = "1"
     log = tmp_path / f"server-{run}.log"
-    command = [sys.executable, "-m", "soloist.cli", "serve", "--db", str(tmp_path / "shop.db"), "--port", "0"]
-    with log.open("wb") as sink:
-        process = await anyio.open_process(
-            [*command, "--replicas", "1"], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, env=env, cwd=ROOT
-        )
-    running = SoloistProcess(process, log)
-    try:
-        await running.wait_listening()
+    args = ("serve", "--db", str(tmp_path / "shop.db"), "--replicas", "1")
+    async with soloist(log, *args, domain=None, env=env) as running:  # the shop: the CLI's default domain
         yield running
-    finally:
-        if process.returncode is None:
-            process.kill()
-            with anyio.move_on_after(10, shield=True):
-                await process.wait()
-        await process.aclose()
 
 
 def _place(order_id: str, token: str | None, sku: str = "BK-002") -> dict[str, object]:
