@@ -15,6 +15,7 @@ import structlog
 
 from .._digest import Digest, digest_of
 from .._errors import ActorStopped, BadRequest, ConsistencyTimeout, CQRSError, InternalError
+from .._messages import Answer, Receipt
 from ._errors import CommandTimeout, Unauthorized, UpstreamUnavailable
 from ._framing import Ok
 from ._requests import (
@@ -34,7 +35,7 @@ from ._requests import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._messages import Receipt
+    from .._replica import Replica
     from ._connection import Connection
     from ._server import Server
 
@@ -220,39 +221,63 @@ class Ops:
     def _query(self, conn: Connection, request: QueryRequest) -> None:
         app = self._app
         query = app.queries.decode(request.type, request.data)
-        router = app.router
-        consistency = request.consistency
-        if consistency == "eventual" and request.min_position is None:
-            answer = router.answer_now(query, 0)  # the hot path: answered in this callback, no hop, no timer
+        if request.consistency == "eventual" and request.min_position is None:
+            answer = app.router.answer_now(query, 0)  # the hot path: answered in this callback, no hop, no timer
             assert answer is not None  # target 0 never waits
             conn.ok(request.id, answer.result, answer.position)
             return
-        timeout = router.timeout if request.timeout_ms is None else request.timeout_ms / 1000.0
+
+        def ask(replica: Replica) -> Answer:
+            return replica.query_nowait(query)
+
+        self._answer(conn, request.id, ask, request.consistency, request.min_position, request.timeout_ms)
+
+    def _answer(
+        self,
+        conn: Connection,
+        request_id: RequestId,
+        ask: Callable[[Replica], Answer],
+        consistency: str,
+        min_position: int | None,
+        timeout_ms: float | None,
+    ) -> None:
+        """Answer ``ask(replica)`` from the replica the router picks at the asked consistency: now, or once one
+        reaches the target (callbacks, no task), or a timeout. Queries and digests both go through here."""
+        router = self._app.router
+        timeout = router.timeout if timeout_ms is None else timeout_ms / 1000.0
         upstream = self._server.upstream
         if consistency == "strong" and upstream is not None:
-            # A replica process: strong means the *writer's* position at the time of the query.
+            # A replica process: strong means the *writer's* position at the time of the request.
             deadline = self._loop.time() + timeout
-            pending = Pending(conn, request.id)
+            pending = Pending(conn, request_id)
             pending.timer = self._loop.call_later(timeout, self._head_timed_out, pending, upstream.address, timeout)
             head = upstream.head_future()
-            head.add_done_callback(lambda f: self._upstream_head(conn, pending, query, f, deadline))
+            head.add_done_callback(lambda f: self._upstream_head(conn, pending, ask, f, deadline))
             return
-        target = router.target(consistency, request.min_position)
-        answer = router.answer_now(query, target)
-        if answer is not None:
-            conn.ok(request.id, answer.result, answer.position)
+        target = router.target(consistency, min_position)  # BadRequest before taking a slot
+        replica = router.replica_for(target)
+        if replica is not None:
+            answer = ask(replica)
+            conn.ok(request_id, answer.result, answer.position)
             return
-        self._wait(conn, Pending(conn, request.id), query, target, timeout)
+        self._wait(conn, Pending(conn, request_id), ask, target, timeout)
 
-    def _wait(self, conn: Connection, pending: Pending, query: object, target: int, timeout: float) -> None:
+    def _wait(
+        self, conn: Connection, pending: Pending, ask: Callable[[Replica], Answer], target: int, timeout: float
+    ) -> None:
         """Answer once a replica reaches ``target``, or ``timeout`` (by callbacks: no task)."""
         future = self._app.router.wait_future(target)  # fails with ActorStopped if no live replica is left
         pending.timer = self._loop.call_later(timeout, self._query_timed_out, pending, future, target, timeout)
         conn.waits.add(future)
-        future.add_done_callback(lambda f: self._query_ready(conn, pending, query, target, f))
+        future.add_done_callback(lambda f: self._query_ready(conn, pending, ask, target, f))
 
     def _query_ready(
-        self, conn: Connection, pending: Pending, query: object, target: int, future: asyncio.Future[None]
+        self,
+        conn: Connection,
+        pending: Pending,
+        ask: Callable[[Replica], Answer],
+        target: int,
+        future: asyncio.Future[None],
     ) -> None:
         conn.waits.discard(future)
         error = None if future.cancelled() else future.exception()  # retrieve it even if already answered
@@ -265,7 +290,8 @@ class Ops:
             pending.fail(error)
         else:
             try:
-                answer = self._app.router.answer_now(query, target)
+                replica = self._app.router.replica_for(target)
+                answer = None if replica is None else ask(replica)
             except Exception as exc:
                 if not isinstance(exc, CQRSError):
                     _log.error("request_crashed", request_id=pending.request_id, exc_info=exc)
@@ -275,7 +301,7 @@ class Ops:
                 remaining = pending.timer.when() - self._loop.time() if pending.timer is not None else 0.0
                 if pending.timer is not None:
                     pending.timer.cancel()
-                self._wait(conn, pending, query, target, max(0.0, remaining))
+                self._wait(conn, pending, ask, target, max(0.0, remaining))
                 return
             pending.ok(answer.result, answer.position)
 
@@ -295,7 +321,12 @@ class Ops:
         )
 
     def _upstream_head(
-        self, conn: Connection, pending: Pending, query: object, head: asyncio.Future[int], deadline: float
+        self,
+        conn: Connection,
+        pending: Pending,
+        ask: Callable[[Replica], Answer],
+        head: asyncio.Future[int],
+        deadline: float,
     ) -> None:
         try:
             target = head.result()  # also retrieves the probe's error, answered or not
@@ -308,14 +339,15 @@ class Ops:
             pending.timer.cancel()
             pending.timer = None
         try:
-            answer = self._app.router.answer_now(query, target)
+            replica = self._app.router.replica_for(target)
+            answer = None if replica is None else ask(replica)
         except Exception as exc:
             pending.fail(exc)
             return
         if answer is not None:
             pending.ok(answer.result, answer.position)
         else:
-            self._wait(conn, pending, query, target, max(0.0, deadline - self._loop.time()))
+            self._wait(conn, pending, ask, target, max(0.0, deadline - self._loop.time()))
 
     # -- subscribe ------------------------------------------------------------------------------------
 
@@ -334,65 +366,7 @@ class Ops:
 
     def _digest(self, conn: Connection, request: DigestRequest) -> None:
         """Answer ``{"digest", "position"}`` from the replica the router picks at the asked consistency."""
-        router = self._app.router
-        timeout = router.timeout if request.timeout_ms is None else request.timeout_ms / 1000.0
-        deadline = self._loop.time() + timeout
-        upstream = self._server.upstream
-        if request.consistency == "strong" and upstream is not None:
-            pending = Pending(conn, request.id)
-            pending.timer = self._loop.call_later(timeout, self._head_timed_out, pending, upstream.address, timeout)
-            head = upstream.head_future()
-            head.add_done_callback(lambda f: self._digest_at_head(conn, pending, f, deadline))
-            return
-        target = router.target(request.consistency, request.min_position)  # BadRequest before taking a slot
-        self._digest_at(conn, Pending(conn, request.id), target, deadline)
-
-    def _digest_at_head(self, conn: Connection, pending: Pending, head: asyncio.Future[int], deadline: float) -> None:
-        try:
-            target = head.result()
-        except (Exception, asyncio.CancelledError) as exc:
-            pending.fail(exc)
-            return
-        if pending.finished:
-            return
-        if pending.timer is not None:
-            pending.timer.cancel()
-            pending.timer = None
-        self._digest_at(conn, pending, target, deadline)
-
-    def _digest_at(self, conn: Connection, pending: Pending, target: int, deadline: float) -> None:
-        """Answer now if a replica is at ``target``, else once one is (callbacks, no task), or time out."""
-        router = self._app.router
-        try:
-            replica = router.replica_for(target)
-        except Exception as exc:
-            pending.fail(exc)
-            return
-        if replica is not None:
-            answer = Digest(digest_of(replica.models), replica.position)  # one synchronous step: models still
-            pending.ok(answer.to_wire(), answer.position)
-            return
-        remaining = max(0.0, deadline - self._loop.time())
-        future = router.wait_future(target)
-        pending.timer = self._loop.call_later(remaining, self._query_timed_out, pending, future, target, remaining)
-        conn.waits.add(future)
-
-        def ready(f: asyncio.Future[None]) -> None:
-            conn.waits.discard(f)
-            error = None if f.cancelled() else f.exception()
-            if pending.finished:
-                return
-            if f.cancelled():
-                pending.fail(ActorStopped(f"the replicas stopped while the digest waited for position {target}"))
-            elif error is not None:
-                pending.fail(error)
-            else:
-                if pending.timer is not None:
-                    pending.timer.cancel()
-                    pending.timer = None
-                self._digest_at(conn, pending, target, deadline)
-
-        future.add_done_callback(ready)
+        self._answer(conn, request.id, _digest_of, request.consistency, request.min_position, request.timeout_ms)
 
     def _rebuild(self, conn: Connection, request: RebuildRequest) -> None:
         """Start a rebuild (answered when every fresh copy is swapped in) or cancel the running one."""
@@ -415,3 +389,9 @@ class Ops:
         digests = future.result()
         position = max(d.position for d in digests)
         pending.ok({"replicas": [d.to_wire() for d in digests], "position": position}, position)
+
+
+def _digest_of(replica: Replica) -> Answer:
+    """The digest of a replica's read models, at its position (one synchronous step: the models hold still)."""
+    digest = Digest(digest_of(replica.models), replica.position)
+    return Answer(digest.to_wire(), digest.position)
