@@ -547,9 +547,13 @@ class App:
         target = self._last_checkpoint + every
         while True:
             await self.router.wait_for(target, timeout=float("inf"))
-            await self._checkpoint_logged()
-            # after a failure, try again only once `every` more events have arrived (no hot retry loop)
-            target = max(self._last_checkpoint, self.router.best_position()) + every
+            before = self._last_checkpoint
+            if await self._checkpoint_logged() and self._last_checkpoint != before:
+                # written: events that arrived while it was written count toward the next one
+                target = self._last_checkpoint + every
+            else:
+                # failed (or nothing to write): try again once `every` more events arrive, no hot retry
+                target = self.router.best_position() + every
 
     # -- process managers -----------------------------------------------------------------------------
 
