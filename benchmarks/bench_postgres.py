@@ -9,8 +9,8 @@ on a SQLite file (WAL, synchronous=FULL) in a temporary directory:
    table of the same shape (no lease, no key): what a one-transaction-per-command writer would get.
 3. the SQLite adapter (``SQLiteStore``, today's ``EventLog`` behind the port) with the same batches.
 4. catch-up reads: ``read(after, 2000)`` over a log of ``--read-events`` events (appended in batches of
-   1,000 first), events/s including the decoder (``plain_json_decoder``: one orjson.loads per event), for
-   both adapters. The SQLite wrapper re-encodes each body for the port until it is folded into _log.py.
+   1,000 first), events/s including the decoder (an empty ``TypeRegistry``: plain JSON values), for
+   both adapters.
 
 Each configuration appends for ``--seconds`` on a fresh log (a new database / file per run) and runs
 ``--runs`` times (default 3); the table shows medians of events/s and commits/s. Events are ~40 bytes of
@@ -37,9 +37,9 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import median, print_table, write_json
+from soloist._messages import TypeRegistry
 from soloist._postgres import PostgresStore
 from soloist._sqlitestore import SQLiteStore
-from soloist._store import plain_json_decoder
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from soloist._store import EventRow, EventStore, KeyRow
 
 STREAMS = 100
+PLAIN = TypeRegistry("event")  # no classes: the events come back as plain JSON values
 BATCHES = (1, 10, 100)
 
 
@@ -110,7 +111,7 @@ async def postgres_reads(server: str, events: int) -> tuple[float, float]:
     name = f"soloist_bench_{secrets.token_hex(4)}"
     await admin(server, f"CREATE DATABASE {name}")
     try:
-        async with PostgresStore(f"{server}/{name}", plain_json_decoder) as store:
+        async with PostgresStore(f"{server}/{name}", PLAIN) as store:
             await store.acquire_lease("bench", 60)
             return await read_rate(store, events)
     finally:
@@ -119,7 +120,7 @@ async def postgres_reads(server: str, events: int) -> tuple[float, float]:
 
 async def sqlite_reads(events: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with SQLiteStore(Path(tmp) / "log.db", plain_json_decoder) as store:
+        async with SQLiteStore(Path(tmp) / "log.db", PLAIN) as store:
             return await read_rate(store, events)
 
 
@@ -127,7 +128,7 @@ async def postgres_store(server: str, size: int, seconds: float) -> tuple[float,
     name = f"soloist_bench_{secrets.token_hex(4)}"
     await admin(server, f"CREATE DATABASE {name}")
     try:
-        async with PostgresStore(f"{server}/{name}", plain_json_decoder) as store:
+        async with PostgresStore(f"{server}/{name}", PLAIN) as store:
             await store.acquire_lease("bench", 60)
             rows = Rows()
 
@@ -171,7 +172,7 @@ async def postgres_naive(server: str, seconds: float) -> tuple[float, float]:
 
 async def sqlite_store(size: int, seconds: float) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        async with SQLiteStore(Path(tmp) / "log.db", plain_json_decoder) as store:
+        async with SQLiteStore(Path(tmp) / "log.db", PLAIN) as store:
             rows = Rows()
 
             async def step() -> int:

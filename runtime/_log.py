@@ -113,7 +113,9 @@ _SELECT_STREAM: Final = f"SELECT {_CHUNK_COLUMNS} FROM (SELECT * FROM events WHE
 
 # A stored row as the chunk query returns it, the event's JSON left undecoded until its type is known.
 _StoredRow = tuple[int, str, int, str, int, msgspec.Raw, str, str | None, float]
-_Row = tuple[int, str, int, str, int, "bytes | str | msgspec.Raw", str, str | None, float]
+# A row as any reader hands it to decode_rows: position, stream, version, type, schema, data (the event's
+# JSON: bytes, text or msgspec.Raw), command_id, idempotency_key, recorded_at.
+StoredRow = tuple[int, str, int, str, int, "bytes | str | msgspec.Raw", str, str | None, float]
 _decode_rows: Final = msgspec.json.Decoder(list[_StoredRow]).decode
 
 
@@ -129,7 +131,7 @@ def decode_chunk(text: str | bytes | None, events: TypeRegistry) -> list[Recorde
         return decode_rows(rows, events)
 
 
-def decode_rows(rows: Sequence[_Row], events: TypeRegistry) -> list[RecordedEvent]:
+def decode_rows(rows: Sequence[StoredRow], events: TypeRegistry) -> list[RecordedEvent]:
     """Stored rows -> recorded events: the one row decoder, for every reader of the log (catch-up, replay at
     start, followers). ``data`` is the event's JSON (bytes, text or ``msgspec.Raw``)."""
     decode = events.decode_stored
@@ -155,12 +157,12 @@ def decode_rows(rows: Sequence[_Row], events: TypeRegistry) -> list[RecordedEven
 _first = operator.itemgetter(0)
 
 
-def check_contiguous(path: Path, after: int, events: Sequence[RecordedEvent]) -> None:
+def check_contiguous(where: str | Path, after: int, events: Sequence[RecordedEvent]) -> None:
     """A chunk read after ``after`` must hold positions after+1, after+2, ... with no gap."""
     first, last = events[0].position, events[-1].position
     if first != after + 1 or last != first + len(events) - 1:
         raise LogCorrupted(
-            f"{path}: positions after {after} are not contiguous (expected {after + 1}, "
+            f"{where}: positions after {after} are not contiguous (expected {after + 1}, "
             f"found {first}..{last} in {len(events)} rows); the log was edited by hand"
         )
 

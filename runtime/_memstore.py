@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, final
 import anyio
 
 from ._errors import ConcurrencyError, PersistenceError
-from ._messages import RecordedEvent
-from ._store import EventDecoder, EventRow, KeyRow, StoredKey
+from ._log import check_contiguous, decode_rows
+from ._store import EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
+
+    from ._messages import RecordedEvent, TypeRegistry
 
 __all__ = ["MemoryLog", "MemoryStore"]
 
@@ -54,8 +56,9 @@ def _version(row: EventRow) -> int:
 class MemoryStore:
     """The port over a :class:`MemoryLog`. Not thread-safe: one event loop, like the rest of the runtime."""
 
-    def __init__(self, decoder: EventDecoder, log: MemoryLog | None = None) -> None:
-        self._decoder = decoder
+    def __init__(self, events: TypeRegistry, log: MemoryLog | None = None) -> None:
+        self._events = events
+        self.where = "memory"
         self._log = log if log is not None else MemoryLog()
         self._open = False
         self._faults: list[_Fault] = []
@@ -144,20 +147,6 @@ class MemoryStore:
                 raise ConcurrencyError(f"idempotency key {key!r} is already stored; a key is written once")
             seen.add(key)
 
-    def _event(self, row: EventRow) -> RecordedEvent:
-        position, stream, version, type_name, schema, data, command_id, key, recorded_at = row
-        return RecordedEvent(
-            position,
-            stream,
-            version,
-            type_name,
-            self._decoder(type_name, schema, data),
-            recorded_at,
-            command_id,
-            key,
-            schema,
-        )
-
     async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
         log = self._check_open()
         await anyio.lowlevel.checkpoint()
@@ -170,13 +159,22 @@ class MemoryStore:
                 lo = mid + 1
             else:
                 hi = mid
-        return [self._event(row) for row in rows[lo : lo + max(limit, 0)]]
+        return decode_rows(rows[lo : lo + max(limit, 0)], self._events)
+
+    async def replay(self, after: int, upto: int) -> AsyncIterator[list[RecordedEvent]]:
+        while after < upto:
+            events = await self.read(after, min(2000, upto - after))
+            if not events:
+                return
+            check_contiguous(self.where, after, events)
+            after = events[-1].position
+            yield events
 
     async def read_stream(self, stream: str) -> list[RecordedEvent]:
         log = self._check_open()
         await anyio.lowlevel.checkpoint()
         rows = sorted((log.rows[i] for i in log.streams.get(stream, ())), key=_version)
-        return [self._event(row) for row in rows]
+        return decode_rows(rows, self._events)
 
     async def head(self) -> int:
         log = self._check_open()

@@ -26,20 +26,23 @@ queue behind a commit. Driver errors are translated to the one error tree, never
 
 from __future__ import annotations
 
+import asyncio
 import math
 import urllib.parse
-from typing import TYPE_CHECKING, Final, NoReturn, final
+from typing import TYPE_CHECKING, Final, NoReturn, cast, final
 
 import anyio
 import asyncpg
 import structlog
 
 from ._errors import ConcurrencyError, Fenced, LogCorrupted, PersistenceError, ReadOnlyStorage, StorageFull
-from ._messages import RecordedEvent
-from ._store import EventDecoder, EventRow, KeyRow, StoredKey
+from ._log import StoredRow, check_contiguous, decode_rows
+from ._store import EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
+
+    from ._messages import RecordedEvent, TypeRegistry
 
 __all__ = ["PostgresStore", "describe_dsn", "translate_postgres_error"]
 
@@ -124,6 +127,11 @@ _HEAD: Final = "SELECT coalesce(max(position), 0) FROM {s}.events"
 _KEYS: Final = "SELECT key, fingerprint, position, command_id FROM {s}.keys"
 
 
+def _rows(records: list[asyncpg.Record]) -> Sequence[StoredRow]:
+    """asyncpg's records unpack like the stored rows' tuples (same columns, same order: ``_COLUMNS``)."""
+    return cast("Sequence[StoredRow]", records)
+
+
 def describe_dsn(dsn: str) -> str:
     """``host:port/database`` of a DSN, for messages (never the password)."""
     parts = urllib.parse.urlsplit(dsn)
@@ -183,7 +191,7 @@ class PostgresStore:
     def __init__(
         self,
         dsn: str,
-        decoder: EventDecoder,
+        events: TypeRegistry,
         *,
         schema: str = "soloist",
         read_connections: int = 2,
@@ -192,12 +200,15 @@ class PostgresStore:
         if not schema.isidentifier() or schema.lower() != schema:
             raise ValueError(f"schema {schema!r}: use a lower-case identifier such as 'soloist'")
         self._dsn = dsn
-        self._decoder = decoder
+        self._events = events
         self._schema = schema
         self._read_connections = read_connections
         self._connect_timeout = connect_timeout
         self.where = f"{describe_dsn(dsn)} schema {schema}"
         self._conn: asyncpg.Connection | None = None
+        # one operation at a time on the writer's connection (asyncpg refuses overlapping ones): an append
+        # and the lease's renewal may be due at the same moment
+        self._conn_lock = asyncio.Lock()
         self._pool: asyncpg.Pool | None = None
         self._epoch: int | None = None
         self._holder = ""
@@ -325,9 +336,9 @@ class PostgresStore:
     async def acquire_lease(self, holder: str, ttl: float) -> int | None:
         if not (ttl > 0 and math.isfinite(ttl)):
             raise ValueError(f"lease ttl must be a positive number of seconds, got {ttl!r}")
-        conn = await self._writer()
         try:
-            epoch = await conn.fetchval(self._sql_acquire, holder, ttl)
+            async with self._conn_lock:
+                epoch = await (await self._writer()).fetchval(self._sql_acquire, holder, ttl)
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, f"acquiring the lease for {holder!r}") from exc
         if epoch is None:
@@ -355,9 +366,9 @@ class PostgresStore:
 
     async def renew_lease(self) -> None:
         epoch = self._require_epoch("renew the lease")
-        conn = await self._writer()
         try:
-            renewed = await conn.fetchval(self._sql_renew, self._ttl, epoch)
+            async with self._conn_lock:
+                renewed = await (await self._writer()).fetchval(self._sql_renew, self._ttl, epoch)
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, "renewing the lease") from exc
         if renewed is None:
@@ -378,10 +389,15 @@ class PostgresStore:
         if epoch is None or self._conn is None or self._conn.is_closed():
             return
         try:
-            await self._conn.execute(self._sql_release, epoch)
+            async with self._conn_lock:
+                await self._conn.execute(self._sql_release, epoch)
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, "releasing the lease") from exc
         _log.info("lease_released", where=self.where, holder=self._holder, epoch=epoch)
+
+    async def lease_holder(self) -> str:
+        _, holder, _, live = await self._lease_state()
+        return holder if live else ""
 
     def _require_epoch(self, what: str) -> int:
         if self._epoch is None:
@@ -430,16 +446,16 @@ class PostgresStore:
                 )
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in range(9)]
         key_columns = list(zip(*keys, strict=True)) if keys else [() for _ in range(4)]
-        conn = await self._writer()
         try:
-            counts = await conn.fetchrow(
-                self._sql_append,
-                *columns,
-                self._ttl,
-                epoch,
-                None if first is None else first - 1,
-                *key_columns,
-            )
+            async with self._conn_lock:
+                counts = await (await self._writer()).fetchrow(
+                    self._sql_append,
+                    *columns,
+                    self._ttl,
+                    epoch,
+                    None if first is None else first - 1,
+                    *key_columns,
+                )
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, f"appending {len(rows)} events") from exc
         hit, ok = (0, 0) if counts is None else (counts[0], counts[1])
@@ -452,37 +468,28 @@ class PostgresStore:
                 "state is stale or another writer appended: restart it so that it recovers from the log"
             )
 
-    def _events(self, records: Sequence[asyncpg.Record]) -> list[RecordedEvent]:
-        decode = self._decoder
-        make = RecordedEvent
-        return [
-            make(
-                position,
-                stream,
-                version,
-                type_name,
-                decode(type_name, schema, data),
-                recorded_at,
-                command_id,
-                key,
-                schema,
-            )
-            for position, stream, version, type_name, schema, data, command_id, key, recorded_at in records
-        ]
-
     async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
         try:
             records = await self._readers().fetch(self._sql_read, after, limit)
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, f"reading after position {after}") from exc
-        return self._events(records)
+        return decode_rows(_rows(records), self._events)
+
+    async def replay(self, after: int, upto: int) -> AsyncIterator[list[RecordedEvent]]:
+        while after < upto:
+            events = await self.read(after, min(4000, upto - after))
+            if not events:
+                return
+            check_contiguous(self.where, after, events)
+            after = events[-1].position
+            yield events
 
     async def read_stream(self, stream: str) -> list[RecordedEvent]:
         try:
             records = await self._readers().fetch(self._sql_read_stream, stream)
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, f"reading stream {stream!r}") from exc
-        return self._events(records)
+        return decode_rows(_rows(records), self._events)
 
     async def head(self) -> int:
         try:

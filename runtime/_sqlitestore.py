@@ -1,13 +1,16 @@
-"""The SQLite adapter of the event store port: a thin wrapper over today's :class:`EventLog` + :class:`LogReader`.
+"""The SQLite adapter of the event store port: one file, WAL, the default log.
 
-Temporary shape, to be folded into ``_log.py`` (which another change is rewriting) when the port is wired
-into the App and the writer. Until then it adapts, without changing ``_log.py``:
+It puts the three SQLite pieces of :mod:`._log` behind the port, each doing what it measured best at:
 
-- Event bodies arrive as JSON bytes, as ``EventLog.append`` takes them.
-- ``LogReader`` decodes with a ``TypeRegistry``; an empty one keeps the parsed JSON, which is encoded
-  again here for the port's decoder (which takes bytes and the schema version). That costs one
-  encoding per event read, until the fold, where the chunk's rows hand each body over as it is.
-- SQLite's ``UNIQUE``/``PRIMARY KEY`` failures become :class:`ConcurrencyError`, as in the other adapters.
+- :class:`~._log.EventLog` appends (one transaction per group of batches; ``flock`` keeps one writer per
+  file) and answers ``head`` and ``keys``;
+- :class:`~._log.LogReader` serves catch-up reads (``read``, ``read_stream``) on its own thread, one
+  statement per chunk, with read-ahead and a small cache shared by the replicas catching up together;
+- :class:`~._log.LogScanner` serves ``replay``, the start's one pass, row by row on the loop's thread
+  (nothing else is served yet, and no GIL hand-over per chunk).
+
+SQLite's ``UNIQUE``/``PRIMARY KEY`` failures become :class:`ConcurrencyError`, as in the other adapters.
+SQLite-only operations (pragmas, the upstream log id of a replica process) are on :attr:`log`.
 """
 
 from __future__ import annotations
@@ -16,16 +19,17 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, final
 
+import anyio
+
 from ._errors import ConcurrencyError, PersistenceError
-from ._log import EventLog, LogReader, Synchronous
-from ._messages import TypeRegistry, encode
+from ._log import EventLog, LogReader, LogScanner, Synchronous, check_contiguous
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
-    from ._messages import RecordedEvent
-    from ._store import EventDecoder, EventRow, KeyRow, StoredKey
+    from ._messages import RecordedEvent, TypeRegistry
+    from ._store import EventRow, KeyRow, StoredKey
 
 __all__ = ["SQLiteStore"]
 
@@ -35,28 +39,29 @@ class SQLiteStore:
     """The port over one SQLite file. The writer's flock on ``<path>.lock`` is taken by ``open``."""
 
     def __init__(
-        self, path: str | os.PathLike[str], decoder: EventDecoder, *, synchronous: Synchronous = "FULL"
+        self, path: str | os.PathLike[str], events: TypeRegistry, *, synchronous: Synchronous = "FULL"
     ) -> None:
         self.path = Path(path)
-        self._decoder = decoder
-        self._log = EventLog(self.path, synchronous=synchronous)
-        self._reader = LogReader(self.path, TypeRegistry("event"))  # no classes: keeps the parsed JSON
+        self.where = str(self.path)
+        self._events = events
+        self.log = EventLog(self.path, synchronous=synchronous)
+        self._reader = LogReader(self.path, events)
         self.log_id = ""
 
     async def open(self) -> None:
-        await self._log.open()
+        await self.log.open()
         try:
             await self._reader.open()
         except BaseException:
-            await self._log.aclose()
+            await self.log.aclose()
             raise
-        self.log_id = self._log.log_id
+        self.log_id = self.log.log_id
 
     async def aclose(self) -> None:
         try:
             await self._reader.aclose()
         finally:
-            await self._log.aclose()
+            await self.log.aclose()
 
     async def __aenter__(self) -> SQLiteStore:
         await self.open()
@@ -67,7 +72,7 @@ class SQLiteStore:
 
     async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
         try:
-            await self._log.append(rows, keys)
+            await self.log.append(rows, keys)
         except PersistenceError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 span = f"positions {rows[0][0]}..{rows[-1][0]}" if rows else "no events"
@@ -78,19 +83,25 @@ class SQLiteStore:
                 ) from exc
             raise
 
-    def _decoded(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
-        decode = self._decoder
-        dumps = encode
-        return [e._replace(data=decode(e.type, e.schema, dumps(e.data))) for e in events]
-
     async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
-        return self._decoded(await self._reader.read(after, limit))
+        return await self._reader.read(after, limit)
+
+    async def replay(self, after: int, upto: int) -> AsyncIterator[list[RecordedEvent]]:
+        with LogScanner(self.path, self._events) as scanner:
+            while after < upto:
+                events = scanner.read(after, min(2000, upto - after))
+                if not events:
+                    return
+                check_contiguous(self.where, after, events)
+                after = events[-1].position
+                yield events
+                await anyio.lowlevel.checkpoint()
 
     async def read_stream(self, stream: str) -> list[RecordedEvent]:
-        return self._decoded(await self._reader.read_stream(stream))
+        return await self._reader.read_stream(stream)
 
     async def head(self) -> int:
-        return await self._log.head()
+        return await self.log.head()
 
     async def keys(self) -> dict[str, StoredKey]:
-        return await self._log.keys()
+        return await self.log.keys()

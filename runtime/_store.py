@@ -20,40 +20,43 @@ The rules every adapter keeps:
   followers name the log they belong to with it.
 - Driver errors never leak: they are translated to :class:`~._errors.PersistenceError` and its subclasses.
 
-Event bodies cross the port as JSON bytes both ways: the writer encodes each event once, the adapters store
-the bytes as they are, and on the way out hand them, with the type name and schema version, to the
-:data:`EventDecoder` they were built with, which builds the domain event.
+Event bodies cross the port as JSON bytes on the way in: the writer encodes each event once and the
+adapters store the bytes as they are. On the way out every adapter hands its rows to the one row decoder
+(``_log.decode_rows``) with the :class:`~._messages.TypeRegistry` of events it was built with, which builds
+the domain events (upcasting older schema versions); an empty registry (``TypeRegistry("event")``) keeps
+plain JSON values, for tools and logs whose types this process lacks.
+
+:func:`open_store` picks the adapter from what the user gave: a ``postgresql://`` / ``postgres://`` URL,
+or a path (SQLite).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 from typing import TYPE_CHECKING, NamedTuple, NoReturn, Protocol, runtime_checkable
 
-import orjson
-
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
-    from ._messages import RecordedEvent
+    from ._log import Synchronous
+    from ._messages import RecordedEvent, TypeRegistry
 
-__all__ = ["EventDecoder", "EventRow", "EventStore", "KeyRow", "Lease", "StoredKey", "plain_json_decoder"]
+__all__ = [
+    "EventRow",
+    "EventStore",
+    "KeyRow",
+    "Lease",
+    "StoredKey",
+    "describe_target",
+    "is_postgres_url",
+    "open_store",
+]
 
 # position, stream, version, type, schema, data (the event as JSON bytes, already encoded), command_id,
 # idempotency_key, recorded_at (time.time())
 EventRow = tuple[int, str, int, str, int, bytes, str, str | None, float]
 # key, fingerprint, position, command_id of the command that used it
 KeyRow = tuple[str, str, int, str]
-
-# (type name, schema version, the event's JSON as stored) -> the domain event. Bytes, so that a msgspec
-# decoder builds the event straight from them (one pass, no intermediate dicts); wiring with a registry:
-# ``registry.event_decoder`` (which upcasts older schema versions, see ``runtime/_upcast.py``).
-EventDecoder = Callable[[str, int, bytes], object]
-
-
-def plain_json_decoder(type_name: str, schema: int, data: bytes) -> object:
-    """Plain JSON values instead of domain events (tools, benchmarks, logs whose types this process lacks)."""
-    return orjson.loads(data)
 
 
 class StoredKey(NamedTuple):
@@ -68,6 +71,7 @@ class EventStore(Protocol):
     """The log, as the writer, the replicas and recovery see it."""
 
     log_id: str  # random id made when the log was created; empty until ``open`` returns
+    where: str  # the log as a user names it in messages: a path, or a server and schema (no password)
 
     async def open(self) -> None:
         """Connect, create the log if it is absent, and read ``log_id``; refuse what is not a soloist log."""
@@ -83,6 +87,11 @@ class EventStore(Protocol):
 
     async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
         """Up to ``limit`` events with a position above ``after``, in position order."""
+        ...
+
+    def replay(self, after: int, upto: int) -> AsyncIterator[list[RecordedEvent]]:
+        """Every event above ``after`` up to position ``upto``, in chunks, gap-checked (:class:`LogCorrupted`):
+        the start's one pass, before anything is served, as fast as the adapter reads."""
         ...
 
     async def read_stream(self, stream: str) -> list[RecordedEvent]:
@@ -132,3 +141,40 @@ class Lease(Protocol):
     async def release_lease(self) -> None:
         """Give the lease up (it expires now), so that a successor need not wait for the TTL."""
         ...
+
+    async def lease_holder(self) -> str:
+        """Who holds the lease now ("" if nobody: it expired or was released)."""
+        ...
+
+
+def is_postgres_url(target: str | os.PathLike[str]) -> bool:
+    """Whether ``--db``/``App(domain, ...)`` names a PostgreSQL server rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def describe_target(target: str | os.PathLike[str]) -> str:
+    """The log as messages name it: a path, or a PostgreSQL URL without its password."""
+    if is_postgres_url(target):
+        from ._postgres import describe_dsn
+
+        return describe_dsn(os.fspath(target))
+    return os.fspath(target)
+
+
+def open_store(
+    target: str | os.PathLike[str],
+    events: TypeRegistry,
+    *,
+    synchronous: Synchronous = "FULL",
+) -> EventStore:
+    """The adapter for ``target`` (not opened yet): PostgreSQL for a ``postgresql://`` URL, else SQLite.
+
+    The adapters are imported here, so that a SQLite user never imports the PostgreSQL driver.
+    """
+    if is_postgres_url(target):
+        from ._postgres import PostgresStore
+
+        return PostgresStore(os.fspath(target), events)
+    from ._sqlitestore import SQLiteStore
+
+    return SQLiteStore(target, events, synchronous=synchronous)

@@ -19,12 +19,7 @@ if TYPE_CHECKING:
 
     from soloist._store import EventStore
 
-EVENTS = TypeRegistry("event", BANK.events)
-
-
-def decode(type_name: str, schema: int, data: bytes) -> object:
-    """The decoder the adapters are built with in these tests: the toy bank's events."""
-    return EVENTS.decode_stored(type_name, data)
+EVENTS = TypeRegistry("event", BANK.events)  # the adapters are built with the toy bank's events
 
 
 def rows(first: int, count: int, *, stream: str = "account-a", version: int | None = None) -> list[EventRow]:

@@ -6,7 +6,7 @@ import pytest
 
 from soloist import PersistenceError, StorageFull
 from soloist._memstore import MemoryLog, MemoryStore
-from tests.store.contract import EventStoreContract, decode, rows
+from tests.store.contract import EVENTS, EventStoreContract, rows
 
 
 class TestMemoryStore(EventStoreContract):
@@ -15,11 +15,11 @@ class TestMemoryStore(EventStoreContract):
         self.log = MemoryLog()
 
     def make_store(self) -> MemoryStore:
-        return MemoryStore(decode, self.log)
+        return MemoryStore(EVENTS, self.log)
 
     async def test_fault_before_commit_writes_nothing(self) -> None:
         """fail_next_append raises the given error and leaves the log as it was; the next append works."""
-        async with MemoryStore(decode, self.log) as store:
+        async with MemoryStore(EVENTS, self.log) as store:
             store.fail_next_append(StorageFull("injected: disk full"))
             with pytest.raises(StorageFull, match="injected"):
                 await store.append(rows(1, 2), [("k", "fp", 2, "c")])
@@ -30,7 +30,7 @@ class TestMemoryStore(EventStoreContract):
 
     async def test_fault_after_commit_loses_only_the_acknowledgement(self) -> None:
         """after_commit=True: the batch is durable but the caller gets the error (the log is the truth)."""
-        async with MemoryStore(decode, self.log) as store:
+        async with MemoryStore(EVENTS, self.log) as store:
             store.fail_next_append(PersistenceError("injected: connection lost"), after_commit=True)
             with pytest.raises(PersistenceError, match="injected"):
                 await store.append(rows(1, 2), [("k", "fp", 2, "c")])

@@ -13,7 +13,7 @@ from soloist import LogCorrupted, PersistenceError, ReadOnlyStorage
 from soloist._errors import Fenced
 from soloist._postgres import PostgresStore
 from soloist._store import EventStore, Lease
-from tests.store.contract import EventStoreContract, decode, rows
+from tests.store.contract import EVENTS, EventStoreContract, rows
 
 TTL = 0.5  # seconds; the fencing tests wait for a lease to expire (time is the behaviour there)
 
@@ -29,7 +29,7 @@ class TestPostgresStore(EventStoreContract):
         self.dsn = postgres_dsn
 
     def make_store(self) -> PostgresStore:
-        return PostgresStore(self.dsn, decode)
+        return PostgresStore(self.dsn, EVENTS)
 
     async def become_writer(self, store: EventStore) -> None:
         assert isinstance(store, PostgresStore)
@@ -185,8 +185,8 @@ class TestPostgresStore(EventStoreContract):
     async def test_schemas_are_separate_logs(self) -> None:
         """Two schemas in one database are two logs with their own ids and positions (even one named like a keyword)."""
         async with (
-            PostgresStore(self.dsn, decode, schema="one") as one,
-            PostgresStore(self.dsn, decode, schema="select") as two,
+            PostgresStore(self.dsn, EVENTS, schema="one") as one,
+            PostgresStore(self.dsn, EVENTS, schema="select") as two,
         ):
             assert one.log_id != two.log_id
             assert await one.acquire_lease("w", 30) is not None
@@ -196,12 +196,12 @@ class TestPostgresStore(EventStoreContract):
     async def test_unreachable_server_is_a_persistence_error(self) -> None:
         """Connection refused becomes PersistenceError naming host and port and how to fix it."""
         with pytest.raises(PersistenceError, match=r"127\.0\.0\.1:1/x.*start the server"):
-            async with PostgresStore("postgresql://postgres@127.0.0.1:1/x", decode, connect_timeout=5):
+            async with PostgresStore("postgresql://postgres@127.0.0.1:1/x", EVENTS, connect_timeout=5):
                 pass
 
     async def test_missing_database_is_a_persistence_error(self) -> None:
         """A database that does not exist becomes PersistenceError saying to create it."""
         dsn = self.dsn.rsplit("/", 1)[0] + "/soloist_no_such_db"
         with pytest.raises(PersistenceError, match="create the database"):
-            async with PostgresStore(dsn, decode):
+            async with PostgresStore(dsn, EVENTS):
                 pass

@@ -8,7 +8,7 @@ import pytest
 
 from soloist import WriterLocked
 from soloist._sqlitestore import SQLiteStore
-from tests.store.contract import EventStoreContract, decode, rows
+from tests.store.contract import EVENTS, EventStoreContract, rows
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -20,7 +20,7 @@ class TestSQLiteStore(EventStoreContract):
         self.path = tmp_path / "log.db"
 
     def make_store(self) -> SQLiteStore:
-        return SQLiteStore(self.path, decode)
+        return SQLiteStore(self.path, EVENTS)
 
     async def test_gap_is_refused(self) -> None:
         """Not yet for SQLite: today's append trigger does not compare the batch with the head."""
