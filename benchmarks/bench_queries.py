@@ -72,6 +72,7 @@ from soloist._log import EventLog, LogReader
 from soloist._messages import TypeRegistry
 from soloist._replica import Replica
 from soloist._snapshot import SnapshotStore
+from soloist._sqlitestore import SQLiteStore
 from soloist._writer import Writer
 from soloist_shop.commands import AddProduct, RegisterCustomer, Restock
 from soloist_shop.events import (
@@ -599,9 +600,9 @@ class GcOff:
 async def recover_writer(path: Path) -> int:
     events = TypeRegistry("event", DOMAIN.events)
     commands = TypeRegistry("command", DOMAIN.commands)
-    async with EventLog(path) as log, LogReader(path, events) as reader:
-        writer = Writer(DOMAIN, log, commands=commands, events=events, publish=lambda batch: None)
-        await writer.recover(reader)
+    async with SQLiteStore(path, events) as store:
+        writer = Writer(DOMAIN, store, commands=commands, events=events, publish=lambda batch: None)
+        await writer.recover()
         return writer.position
 
 

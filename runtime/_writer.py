@@ -11,7 +11,7 @@ write connection. :meth:`Writer.run` runs two tasks in one task group::
        |
        v
     committer: take ALL decided batches that wait (while one commit runs the next group grows: group
-       |       commit under load) --> EventLog.append: one statement, one transaction, fsync
+       |       commit under load) --> EventStore.append: one statement, one transaction, fsync
        v
     durable: the position advances, the group's idempotency keys join the durable map, the futures
        |     are resolved in position order (each command only once its own batch is durable)
@@ -26,7 +26,9 @@ write connection. :meth:`Writer.run` runs two tasks in one task group::
 - A failed commit fails its commands with the :class:`PersistenceError`, and every batch decided on top
   of it with an error of the same class saying so; their undo journals are replayed newest first, so
   memory returns to the last durable state, and their pending keys vanish. The writer goes on serving,
-  deciding the next commands against the durable state.
+  deciding the next commands against the durable state; unless the failure says this writer may never
+  append again (:class:`Fenced`: its lease on a shared log is gone; :class:`ConcurrencyError`: another
+  writer appended): then the writer stops with that error after failing what it held (it steps down).
 - If the writer dies (cancelled, crashed), every command queued, decided or in the commit gets
   :class:`Broken`: nobody waits forever.
 """
@@ -48,7 +50,9 @@ import structlog
 from ._errors import (
     Broken,
     Closed,
+    ConcurrencyError,
     CQRSError,
+    Fenced,
     IdempotencyConflict,
     InternalError,
     LogCorrupted,
@@ -63,32 +67,20 @@ from ._store import EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
-    from pathlib import Path
 
     from anyio.abc import TaskStatus
     from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ._domain import Domain
-    from ._log import LogReader
+    from ._store import EventStore
 
-__all__ = ["Reply", "WriteLog", "Writer", "WriterStatistics"]
+__all__ = ["Reply", "Writer", "WriterStatistics"]
 
 _log = structlog.get_logger("soloist.writer")
 _decode_checkpoint: Final = msgspec.json.Decoder(list[tuple[str, int, str, msgspec.Raw]]).decode
 _ABSENT: Final = object()
 
 Undo = list[tuple[str, object, int]]  # (stream, old state or _ABSENT, old version), in the order applied
-
-
-class WriteLog(Protocol):
-    """What the writer needs of the log. :class:`EventLog` is the implementation; tests wrap it."""
-
-    @property
-    def path(self) -> Path: ...
-
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None: ...
-
-    async def keys(self) -> dict[str, StoredKey]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,7 +171,7 @@ class Writer:
     def __init__(
         self,
         domain: Domain[Any, Any, Any, Any],
-        log: WriteLog,
+        log: EventStore,
         *,
         commands: TypeRegistry,
         events: TypeRegistry,
@@ -218,6 +210,7 @@ class Writer:
         self._inflight: list[_Decided] = []  # in the commit running now
         self._undurable = 0  # commands in _pending and _inflight
         self._draining = False
+        self._fatal: PersistenceError | ConcurrencyError | None = None  # why the writer stepped down
         # asyncio events (the futures are asyncio's too): made once, cleared and set, no allocation per wait
         self._wake = asyncio.Event()  # the committer: something was decided, or the actor is done
         self._room = asyncio.Event()  # the actor: a commit finished, undurable commands went down
@@ -263,7 +256,7 @@ class Writer:
             undurable_peak=s.undurable_peak,
         )
 
-    async def recover(self, reader: LogReader, snapshot: tuple[int, bytes] | None = None) -> None:
+    async def recover(self, snapshot: tuple[int, bytes] | None = None) -> None:
         """Rebuild the write model, stream versions and idempotency keys: a checkpoint (if any) + the log.
 
         ``snapshot`` is ``(position, body)`` from :meth:`checkpoint`; if its body cannot be loaded (a class
@@ -272,7 +265,7 @@ class Writer:
         """
         started = time.perf_counter()
         after = self.restore(snapshot)
-        async for chunk in reader.scan(after=after):
+        async for chunk in self._log.replay(after, await self._log.head()):
             self.replay(chunk)
         await self.load_keys()
         self.log_recovered(from_checkpoint=after, events=self._position - after, started=started)
@@ -315,7 +308,7 @@ class Writer:
                 data = event.data
                 if stream_of(data) != stream or versions.get(stream, 0) + 1 != event.version:
                     raise LogCorrupted(
-                        f"{self._log.path}: event at position {event.position} is version {event.version} "
+                        f"{self._log.where}: event at position {event.position} is version {event.version} "
                         f"of {stream!r}, expected {versions.get(stream, 0) + 1}"
                     )
                 states[stream] = evolve(states.get(stream), data)
@@ -442,9 +435,10 @@ class Writer:
             send, receive = anyio.create_memory_object_stream[_Submission](self._capacity)
             self._send = send
             self._draining = False
+            self._fatal = None
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._commit_loop)
+                    tg.start_soon(self._commit_loop, tg.cancel_scope)
                     task_status.started()
                     await self._decide_loop(receive)
             finally:
@@ -453,6 +447,8 @@ class Writer:
                 self._fail_queued(receive)
                 receive.close()
                 self._abandon_undurable()
+            if self._fatal is not None:  # stepped down: raised as itself, not in a group
+                raise self._fatal
 
     async def _decide_loop(self, receive: MemoryObjectReceiveStream[_Submission]) -> None:
         """The actor: decide a batch as soon as commands wait, while the undurable amount has room."""
@@ -491,8 +487,11 @@ class Writer:
             self._draining = True  # the committer returns once everything decided is committed
             wake.set()
 
-    async def _commit_loop(self) -> None:
-        """The committer: make decided batches durable strictly in order, all that wait in one transaction."""
+    async def _commit_loop(self, scope: anyio.CancelScope) -> None:
+        """The committer: make decided batches durable strictly in order, all that wait in one transaction.
+
+        A commit that says this writer may never append again stops the writer (``scope``): see _commit.
+        """
         pending, wake, room = self._pending, self._wake, self._room
         while True:
             if not pending:
@@ -503,19 +502,29 @@ class Writer:
                 continue
             group = self._inflight = list(pending)
             pending.clear()
-            await self._commit(group)
+            try:
+                await self._commit(group)
+            except (PersistenceError, ConcurrencyError) as exc:
+                self._fatal = exc
+                self.close()  # nothing more is taken; what is queued fails with this error
+                scope.cancel()
+                return
             self._inflight = []
             room.set()
 
     def _fail_queued(self, receive: MemoryObjectReceiveStream[_Submission]) -> None:
-        """If the actor dies (cancelled, crashed), nobody queued may wait forever."""
+        """If the actor dies (cancelled, crashed, stepped down), nobody queued may wait forever."""
+        fatal = self._fatal
         while True:
             try:
                 sub = receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 return
             if not sub.future.done():
-                sub.future.set_exception(Broken("the writer stopped before deciding this command"))
+                if fatal is not None:
+                    sub.future.set_exception(_on_top_of(fatal))
+                else:
+                    sub.future.set_exception(Broken("the writer stopped before deciding this command"))
 
     def _abandon_undurable(self) -> None:
         """The writer stops with batches decided but not known to be durable: fail their commands, undo them."""
@@ -621,17 +630,21 @@ class Writer:
             commit_started = time.perf_counter()
             try:
                 await self._log.append(rows, key_rows)
-            except PersistenceError as exc:
+            except (PersistenceError, ConcurrencyError) as exc:
                 on_top = list(self._pending)  # decided while this commit ran, on a state that is now gone
                 self._pending.clear()
+                fatal = isinstance(exc, (Fenced, ConcurrencyError))  # never again: this writer steps down
                 _log.error(
                     "batch_commit_failed",
                     commands=commands,
                     events=len(rows),
                     decided_on_top=sum(d.commands for d in on_top),
                     error=str(exc),
+                    stepping_down=fatal,
                 )
                 self._roll_back(group, exc, _on_top_of(exc), on_top)
+                if fatal:
+                    raise
                 return
             stats.commit_ms = (time.perf_counter() - commit_started) * 1000
         committed_at = time.monotonic()
@@ -732,9 +745,13 @@ def _undo(states: dict[str, object], versions: dict[str, int], undo: Undo, mark:
     del undo[mark:]
 
 
-def _on_top_of(exc: PersistenceError) -> PersistenceError:
+def _on_top_of(exc: PersistenceError | ConcurrencyError) -> PersistenceError | ConcurrencyError:
     """The error for commands decided on top of a batch whose commit failed: the same class, saying so."""
     message = f"not committed: decided on top of a batch whose commit failed ({exc})"
+    if isinstance(exc, Fenced):
+        return Fenced(message, epoch=exc.epoch, holder=exc.holder)
+    if isinstance(exc, ConcurrencyError):
+        return ConcurrencyError(message)
     if type(exc).__init__ is PersistenceError.__init__:  # StorageFull, ReadOnlyStorage, ...: a message only
         return type(exc)(message)
     return PersistenceError(message)

@@ -33,7 +33,8 @@ from soloist import (
     Receipt,
 )
 from soloist._log import EventLog
-from soloist._messages import Batch, TypeRegistry
+from soloist._messages import Batch, RecordedEvent, TypeRegistry
+from soloist._sqlitestore import SQLiteStore
 from soloist._writer import Writer
 from tests.toy import BANK, Account, Deposit, Open, Transfer, Withdraw
 
@@ -44,18 +45,17 @@ if TYPE_CHECKING:
 
 
 class GatedLog:
-    """The real :class:`EventLog`; append number ``n`` can be held at a gate and made to fail for real."""
+    """The real SQLite store behind the port; append number ``n`` can be held at a gate and made to fail for real."""
 
-    def __init__(self, log: EventLog) -> None:
-        self.log = log
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self.log = store.log
+        self.where = store.where
+        self.log_id = store.log_id
         self.calls = 0
         self.arrived: dict[int, anyio.Event] = {}
         self.gates: dict[int, anyio.Event] = {}
         self.failing: set[int] = set()
-
-    @property
-    def path(self) -> Path:
-        return self.log.path
 
     def hold(self, n: int) -> anyio.Event:
         """Hold append ``n`` until the returned event is set."""
@@ -74,16 +74,35 @@ class GatedLog:
         if gate is not None:
             await gate.wait()
         if n not in self.failing:
-            await self.log.append(rows, keys)
+            await self.store.append(rows, keys)
             return
         await self.log.set_pragma("query_only", 1)  # SQLite itself refuses this transaction
         try:
-            await self.log.append(rows, keys)
+            await self.store.append(rows, keys)
         finally:
             await self.log.set_pragma("query_only", 0)
 
+    # the rest of the port, as the real store answers it
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+    async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
+        return await self.store.read(after, limit)
+
+    def replay(self, after: int, upto: int) -> AsyncIterator[list[RecordedEvent]]:
+        return self.store.replay(after, upto)
+
+    async def read_stream(self, stream: str) -> list[RecordedEvent]:
+        return await self.store.read_stream(stream)
+
+    async def head(self) -> int:
+        return await self.store.head()
+
     async def keys(self) -> dict[str, StoredKey]:
-        return await self.log.keys()
+        return await self.store.keys()
 
 
 class Probe:
@@ -109,7 +128,7 @@ async def serving(
 ) -> AsyncIterator[tuple[Writer, GatedLog, list[Batch], anyio.CancelScope]]:
     """A writer on a gated real log, running in a task group; closed (drained) on exit."""
     published: list[Batch] = []
-    async with EventLog(db) as real:
+    async with SQLiteStore(db, TypeRegistry("event", BANK.events)) as real:
         log = GatedLog(real)
         writer = Writer(
             probe.domain,
