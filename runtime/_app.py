@@ -1,19 +1,34 @@
 """Wiring in one task group: ``async with App(domain, "shop.db") as app``.
 
-Order of start: open the log (taking the writer lock) -> rebuild the write model -> open a read-only
-reader -> start the writer actor -> restore replicas from the newest checkpoint -> start them and wait
-until each has caught up with the head. Order of stop: stop taking commands -> the writer drains and
-commits what it holds -> final checkpoint -> cancel replicas -> close the reader and the log.
+The log is an :class:`~._store.EventStore`: a SQLite file (the default) or, for a ``postgresql://``
+URL, a PostgreSQL schema (:func:`~._store.open_store` picks). The App knows only the port.
+
+Order of start: open the log (SQLite: taking the file's writer lock; PostgreSQL: waiting for the
+writer's lease) -> restore the write model and the replicas from their newest checkpoints -> one pass
+over the log folds the rest into the write model, the replicas and the process managers -> start the
+writer actor and the replicas -> wait until each replica has caught up with the head. Order of stop:
+stop taking commands -> the writer drains and commits what it holds -> final checkpoint -> cancel
+replicas -> give the lease up (PostgreSQL) -> close the log.
 
 A *follower* App (``follower_of="host:port"``) has no writer: :meth:`App.replicate` appends events
-that another writer already committed (same positions, verbatim) to a local log, and the broadcast,
-replicas and queries work exactly as on the writer. Commands get :class:`NotWriter`.
+that another writer already committed (same positions, verbatim) to a local SQLite log, and the
+broadcast, replicas and queries work exactly as on the writer. Commands get :class:`NotWriter`.
+
+A *standby* App (``standby=True``, PostgreSQL) starts like a writer but without the lease: it follows
+the shared log (polling it), keeps its write model and replicas current, answers queries, and answers
+commands with :class:`NotWriter` naming the lease's holder. When that lease expires (its writer died,
+hung or lost its network) it takes the lease with the next epoch, reads what the old writer committed
+last, loads the idempotency keys and serves commands. A writer that lost its lease can never append
+again (every append checks the epoch in its own transaction): its commands fail with :class:`Fenced`
+and it stops (the process exits; restarted, it comes back as a writer waiting for the lease).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -26,19 +41,31 @@ import structlog
 
 from ._broadcast import Broadcast, Subscription, SubscriptionStatistics
 from ._digest import Digest, digest_of
-from ._errors import BadRequest, Broken, Closed, ConcurrencyError, CQRSError, LogCorrupted, NotFound, NotWriter
+from ._errors import (
+    BadRequest,
+    Broken,
+    Closed,
+    ConcurrencyError,
+    CQRSError,
+    Fenced,
+    LogCorrupted,
+    NotFound,
+    NotWriter,
+    PersistenceError,
+)
 from ._gc import gc_paused
 from ._guard import SingleWriterGuard
-from ._log import EventLog, LogReader, LogScanner, Synchronous, check_contiguous
+from ._log import EventLog, Synchronous, check_contiguous
 from ._messages import Answer, Batch, Receipt, RecordedEvent, TypeRegistry, encode
 from ._process import ProcessRunner, ProcessStatistics, processes_of
 from ._queries import Consistency, QueryRouter
 from ._replica import Replica, ReplicaStatistics
 from ._snapshot import SnapshotStore
+from ._sqlitestore import SQLiteStore
+from ._store import EventStore, Lease, describe_target, is_postgres_url, open_store
 from ._writer import Reply, Writer, WriterStatistics
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
@@ -86,12 +113,18 @@ async def _exit_beside(stack: AsyncExitStack, exc: BaseException | None) -> bool
 
 @final
 class App:
-    """The runtime for one domain and one log file. Use as ``async with App(...) as app``."""
+    """The runtime for one domain and one log. Use as ``async with App(...) as app``.
+
+    ``log``: a SQLite file's path, or a ``postgresql://USER@HOST:PORT/DBNAME`` URL. On PostgreSQL,
+    ``standby`` starts a standby (see the module docstring), ``lease_ttl`` is the writer's lease in
+    seconds (a dead writer is replaced after at most that long), ``holder`` names this process in the
+    lease (default: host and pid).
+    """
 
     def __init__(
         self,
         domain: Domain[Any, Any, Any, Any],
-        path: str | os.PathLike[str],
+        log: str | os.PathLike[str],
         *,
         replicas: int = 1,
         queue_capacity: int = 8192,
@@ -103,11 +136,30 @@ class App:
         query_timeout: float = 5.0,
         follower_of: str | None = None,
         rebuild_backoff: tuple[float, float] = (0.05, 60.0),
+        standby: bool = False,
+        lease_ttl: float = 5.0,
+        holder: str | None = None,
+        poll_interval: float = 0.05,
     ) -> None:
         if replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {replicas}")
         self.domain = domain
-        self.path = Path(path)
+        self._target = log
+        self.shared = is_postgres_url(log)  # a log other processes reach (PostgreSQL): fenced by a lease
+        if standby and not self.shared:
+            raise ValueError("standby=True needs a shared log (a postgresql:// URL); a SQLite file has one writer")
+        if follower_of is not None and self.shared:
+            raise ValueError("follower_of needs a local SQLite log; on PostgreSQL start a standby (standby=True)")
+        if lease_ttl <= 0 or poll_interval <= 0:
+            raise ValueError(f"lease_ttl ({lease_ttl}) and poll_interval ({poll_interval}) must be positive")
+        self._path = None if self.shared else Path(log)
+        self.where = describe_target(log)  # refined by the store at start (PostgreSQL: with its schema)
+        self._standby = standby
+        self._lease_ttl = lease_ttl
+        self._holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self._poll_interval = poll_interval
+        self.role = "follower" if follower_of is not None else "standby" if standby else "writer"
+        self._active_writer = "unknown"  # a standby's view of who holds the lease (for NotWriter)
         self.commands = TypeRegistry("command", domain.commands)
         self.events = TypeRegistry("event", domain.events, upcasters=domain.upcasters)
         self.queries = TypeRegistry("query", domain.queries)
@@ -129,12 +181,13 @@ class App:
         self._stack: AsyncExitStack | None = None
         self._writer: Writer | None = None
         self._writer_done = anyio.Event()
+        self._writing = anyio.Event()  # set once this App is the writer (at start, or when a standby takes over)
         self._broadcast: Broadcast | None = None
         self._router: QueryRouter | None = None
         self._tg: TaskGroup | None = None
         self._position = 0  # follower only: last replicated position
         self._replicate_guard = SingleWriterGuard("App.replicate")
-        self._log_handle: EventLog | None = None
+        self._store: EventStore | None = None
         self._last_checkpoint = 0
         self._checkpoint_lock = anyio.Lock()
         self.checkpoint_failures = 0  # checkpoints that raised: logged as checkpoint_failed, never fatal
@@ -171,21 +224,29 @@ class App:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         started = time.perf_counter()
-        log = EventLog(self.path, synchronous=self._synchronous)
-        await stack.enter_async_context(log)
-        self._log_handle = log
-        for store in (self._snapshots, self._writer_snapshots):
-            if store is not None:
-                store.log_id = log.log_id
-        reader = LogReader(self.path, self.events)
-        await stack.enter_async_context(reader)
-        broadcast = Broadcast(reader, buffer=self._subscriber_buffer)
+        store = open_store(self._target, self.events, synchronous=self._synchronous)
+        await store.open()
+        stack.push_async_callback(store.aclose)
+        self._store = store
+        self.where = store.where
+        for snapshots in (self._snapshots, self._writer_snapshots):
+            if snapshots is not None:
+                snapshots.log_id = store.log_id
+        lease = store if isinstance(store, Lease) else None
+        if lease is not None and not self._standby:
+            # a plain writer waits for the lease (logging who holds it): restarted after kill -9, it comes
+            # back by itself once the old lease expires
+            await lease.wait_for_lease(self._holder, self._lease_ttl, poll=min(1.0, self._lease_ttl / 5))
+        if lease is not None:  # runs after the task group has stopped (a standby that never took it: no-op)
+            stack.push_async_callback(self._release_lease, lease)
+        broadcast = Broadcast(store, buffer=self._subscriber_buffer)
         self._broadcast = broadcast
-        head = await log.head()
+        head = await store.head()  # final for a writer: it holds the file lock or the lease
+        writer_from = 0
         if self.follower_of is None:
             writer = Writer(
                 self.domain,
-                log,
+                store,
                 commands=self.commands,
                 events=self.events,
                 publish=broadcast.publish,
@@ -200,20 +261,25 @@ class App:
         if position:
             self._last_checkpoint = position
         replay_started = time.perf_counter()
-        self._make_processes()
+        if not self._standby:
+            self._make_processes()  # a standby makes them when it takes over
         await self._replay_at_start(head, replicas)
-        if self._writer is not None:
+        if self._writer is not None and not self._standby:
             await self._writer.load_keys()
             self._writer.log_recovered(from_checkpoint=writer_from, events=head - writer_from, started=replay_started)
-        else:
+        elif self._writer is None:
             self._position = head
         broadcast.head = head
         self._router = QueryRouter(replicas, self._head, timeout=self._query_timeout)
         tg = anyio.create_task_group()
         await stack.enter_async_context(tg)
         self._tg = tg
-        if self._writer is not None:
-            await tg.start(self._run_writer, self._writer)
+        if self._standby and lease is not None:
+            self._active_writer = await lease.lease_holder() or self._active_writer
+            tg.start_soon(self._stand_by, lease)
+        elif self._writer is not None:
+            await self._start_writer(tg, self._writer, lease)
+            self._writing.set()
         for replica in replicas:
             await tg.start(self._run_replica, replica)
         if self._snapshots is not None and self._snapshot_every > 0:
@@ -224,12 +290,86 @@ class App:
         _log.info(
             "app_started",
             domain=self.domain.name,
-            db=str(self.path),
-            role="follower" if self.follower_of else "writer",
+            db=self.where,
+            role=self.role,
             position=head,
             replicas=len(replicas),
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    async def _start_writer(self, tg: TaskGroup, writer: Writer, lease: Lease | None) -> None:
+        await tg.start(self._run_writer, writer)
+        if lease is not None:
+            tg.start_soon(self._keep_lease, lease)
+
+    async def _keep_lease(self, lease: Lease) -> None:
+        """Renew the lease a few times per TTL (appends renew it too); if it is lost, the writer steps down.
+
+        A renewal that fails for another reason (the connection dropped) is retried at the next tick: if
+        the database stays unreachable past the TTL, the next renewal finds the lease expired (Fenced).
+        """
+        while True:
+            await anyio.sleep(self._lease_ttl / 4)  # a real period: the lease is time
+            try:
+                await lease.renew_lease()
+            except Fenced as exc:
+                _log.error("lease_lost", where=self.where, error=str(exc), holder=exc.holder, epoch=exc.epoch)
+                if self._writer is not None:
+                    self._writer.close()  # nothing it decides from here can be appended under its epoch
+                raise
+            except PersistenceError as exc:
+                _log.warning("lease_renew_failed", where=self.where, error=str(exc))
+
+    async def _release_lease(self, lease: Lease) -> None:
+        """Give the lease up at a clean stop, so that a successor need not wait for it to expire."""
+        if lease.epoch is None:
+            return
+        with anyio.move_on_after(5, shield=True), contextlib.suppress(CQRSError):
+            await lease.release_lease()
+
+    async def _stand_by(self, lease: Lease) -> None:
+        """Follow the shared log until its lease is free, then take it and become the writer."""
+        store, writer, broadcast, tg = self._require_store(), self._writer, self._broadcast, self._tg
+        if writer is None or broadcast is None or tg is None:
+            raise Closed("the app is not running; use `async with App(...) as app`")
+        poll = self._poll_interval
+        attempt_every = min(1.0, self._lease_ttl / 5)
+        next_attempt = 0.0
+        _log.info("standby_following", where=self.where, position=writer.position, holder=self._holder)
+        while True:
+            now = time.monotonic()
+            if now >= next_attempt:
+                next_attempt = now + attempt_every
+                if await lease.acquire_lease(self._holder, self._lease_ttl) is not None:
+                    break
+                self._active_writer = await lease.lease_holder() or "unknown (its lease expired)"
+            await self._follow(store, writer, broadcast)
+            await anyio.sleep(poll)  # polling the shared log: a real interval, not ordering
+        taken = time.perf_counter()
+        await self._follow(store, writer, broadcast)  # what the old writer committed last (it is fenced now)
+        await writer.load_keys()
+        self._standby = False
+        self.role = "writer"
+        self._make_processes()
+        await self._start_writer(tg, writer, lease)
+        self._writing.set()
+        await self._start_processes(tg)
+        _log.info(
+            "standby_took_over",
+            where=self.where,
+            epoch=lease.epoch,
+            position=writer.position,
+            ms=round((time.perf_counter() - taken) * 1000, 1),
+        )
+
+    async def _follow(self, store: EventStore, writer: Writer, broadcast: Broadcast) -> None:
+        """Read what the shared log holds past the write model, fold it, and hand it to the replicas."""
+        while events := await store.read(writer.position):
+            check_contiguous(self.where, writer.position, events)
+            writer.replay(events)
+            broadcast.publish(Batch(events=tuple(events), committed_at=time.monotonic()))
+            if len(events) < 2000:
+                return
 
     async def _writer_checkpoint(self, head: int) -> tuple[int, bytes] | None:
         store = self._writer_snapshots
@@ -243,8 +383,8 @@ class App:
 
     async def _replay_at_start(self, head: int, replicas: Sequence[Replica]) -> None:
         """One pass over the log up to ``head``: each chunk decoded once, then evolved into the write model
-        and applied to every replica, each from its own checkpoint position. Synchronous reads on this
-        thread (nothing is served yet; see LogScanner); the loop gets a turn between chunks."""
+        and applied to every replica, each from its own checkpoint position (the store reads as fast as it
+        can: SQLite on this thread, nothing is served yet); the loop gets a turn between chunks."""
         writer = self._writer
         processes = tuple(self._processes.values())  # folded here too: one pass, not one per reader
         starts = [r.position for r in replicas] + ([writer.position] if writer is not None else [])
@@ -252,25 +392,18 @@ class App:
         after = min(starts)
         if after >= head:
             return
-        with LogScanner(self.path, self.events) as scanner:
-            while after < head:
-                with gc_paused():  # synchronous: a chunk is read, decoded, evolved and applied, no await
-                    events = scanner.read(after)
-                    if not events:
-                        break
-                    check_contiguous(self.path, after, events)
-                    first, last = events[0].position, events[-1].position
-                    if writer is not None and last > writer.position:
-                        writer.replay(events if first > writer.position else _after(events, writer.position))
-                    for process in processes:
-                        process.replay(events)
-                    batch = Batch(events=tuple(events))
-                    for replica in replicas:
-                        if not replica.failed and last > replica.position:
-                            part = batch if first > replica.position else Batch(events=_after(events, replica.position))
-                            replica.apply_batch(part, sample_lag=False)
-                    after = last
-                await anyio.lowlevel.checkpoint()
+        async for events in self._require_store().replay(after, head):
+            with gc_paused():  # synchronous: a chunk is evolved and applied, no await
+                first, last = events[0].position, events[-1].position
+                if writer is not None and last > writer.position:
+                    writer.replay(events if first > writer.position else _after(events, writer.position))
+                for process in processes:
+                    process.replay(events)
+                batch = Batch(events=tuple(events))
+                for replica in replicas:
+                    if not replica.failed and last > replica.position:
+                        part = batch if first > replica.position else Batch(events=_after(events, replica.position))
+                        replica.apply_batch(part, sample_lag=False)
 
     async def _restore(self, replicas: Sequence[Replica], head: int) -> int:
         """Load the newest valid checkpoint into fresh replicas; the position it reflects (0 if none)."""
@@ -341,7 +474,7 @@ class App:
             return False
         try:
             with anyio.CancelScope(shield=True):
-                if self._writer is not None:
+                if self._writer is not None and not self._standby:  # a standby's writer never ran
                     self._writer.close()  # stop taking commands; the actor drains what it holds
                     with anyio.move_on_after(30):
                         await self._writer_done.wait()
@@ -361,11 +494,18 @@ class App:
     # -- commands -------------------------------------------------------------------------------------
 
     def _require_writer(self) -> Writer:
-        if self._writer is None:
+        if self._writer is None or self._standby:
             if self.follower_of is not None:
                 raise NotWriter(self.follower_of)
+            if self._standby and self._writer is not None:
+                raise NotWriter(self._active_writer, standby=True)
             raise Closed("the app is not running; use `async with App(...) as app`")
         return self._writer
+
+    def _require_store(self) -> EventStore:
+        if self._store is None:
+            raise Closed("the app is not running; use `async with App(...) as app`")
+        return self._store
 
     async def execute(
         self,
@@ -397,7 +537,7 @@ class App:
 
     async def replicate(self, events: Sequence[RecordedEvent]) -> None:
         """Append events another writer committed (positions must continue this log) and publish them."""
-        if self.follower_of is None or self._log_handle is None or self._broadcast is None:
+        if self.follower_of is None or self._store is None or self._broadcast is None:
             raise Closed("replicate() is for a running follower App (follower_of=...)")
         if not events:
             return
@@ -423,7 +563,7 @@ class App:
             for e in events
         ]
         with self._replicate_guard:
-            await self._log_handle.append(rows)
+            await self._store.append(rows)
         self._position = events[-1].position
         self._broadcast.publish(Batch(events=tuple(events), committed_at=time.monotonic()))
 
@@ -461,6 +601,11 @@ class App:
     def _head(self) -> int:
         return self.position
 
+    async def wait_writer(self) -> None:
+        """Return once this App is the writer: at once for a writer, on takeover for a standby (a follower
+        of a SQLite upstream never becomes one: bound the wait with ``anyio.fail_after``)."""
+        await self._writing.wait()
+
     @property
     def position(self) -> int:
         """The last committed (writer) or replicated (follower) position."""
@@ -469,17 +614,32 @@ class App:
         return self._position
 
     @property
+    def store(self) -> EventStore:
+        """The event log behind the port (SQLite or PostgreSQL)."""
+        return self._require_store()
+
+    @property
     def log(self) -> EventLog:
-        """The write side of the event log (for operations such as ``set_pragma``)."""
-        if self._log_handle is None:
-            raise Closed("the app is not running; use `async with App(...) as app`")
-        return self._log_handle
+        """A SQLite log's own handle, for SQLite-only operations (``set_pragma``, the upstream log id)."""
+        store = self._require_store()
+        if not isinstance(store, SQLiteStore):
+            raise NotImplementedError(f"{self.where} is not a SQLite file: App.log is SQLite's; use App.store")
+        return store.log
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file of the log (a PostgreSQL log has none: see :attr:`where`)."""
+        if self._path is None:
+            raise NotImplementedError(f"{self.where} is a PostgreSQL log, not a file")
+        return self._path
 
     @property
     def log_id(self) -> str:
         """The id of the log this app serves: its own, or for a replica the upstream log it copies."""
-        log = self.log
-        return log.upstream_log_id or log.log_id
+        store = self._require_store()
+        if isinstance(store, SQLiteStore):
+            return store.log.upstream_log_id or store.log_id
+        return store.log_id
 
     @property
     def writer(self) -> Writer:
@@ -593,7 +753,7 @@ class App:
         subscriptions = self._broadcast.subscriptions if self._broadcast is not None else ()
         return AppStatistics(
             position=self.position,
-            role="writer" if self.follower_of is None else "follower",
+            role=self.role,
             writer=self._writer.statistics() if self._writer is not None else None,
             replicas=tuple(r.statistics() for r in replicas),
             subscriptions=tuple(s.statistics() for s in subscriptions),
@@ -690,22 +850,24 @@ class App:
         return digest
 
     async def _catch_up(self, fresh: Replica, chunk: int) -> None:
-        """Apply the log to a fresh replica in small chunks from its own reader, until a short chunk (the head).
+        """Apply the log to a fresh replica in small chunks read from the store, until a short chunk (the head).
 
         Small chunks are what keeps the writer and the live replicas going: each chunk is applied in one
-        synchronous step, and the loop serves the others between two (the reader fetches the next chunk on
-        its thread meanwhile). The replica then follows the broadcast from where this ends.
+        synchronous step, and the loop serves the others between two (SQLite's reader fetches the next
+        chunk on its thread meanwhile). The replica then follows the broadcast from where this ends.
         """
-        async with LogReader(self.path, self.events) as reader:
-            async for events in reader.scan(after=fresh.position, chunk=chunk):
-                if not fresh.apply_batch(Batch(events=tuple(events)), sample_lag=False):
-                    raise Broken(
-                        f"the rebuild of {fresh.name} failed at position {fresh.position}: its read models raised "
-                        "(see replica_apply_failed in the log); the live copy keeps serving"
-                    )
-                if len(events) < chunk:
-                    return
-                await anyio.lowlevel.checkpoint()  # a cached chunk comes back without a hop: yield anyway
+        store, after = self._require_store(), fresh.position
+        while events := await store.read(after, chunk):
+            check_contiguous(self.where, after, events)
+            after = events[-1].position
+            if not fresh.apply_batch(Batch(events=tuple(events)), sample_lag=False):
+                raise Broken(
+                    f"the rebuild of {fresh.name} failed at position {fresh.position}: its read models raised "
+                    "(see replica_apply_failed in the log); the live copy keeps serving"
+                )
+            if len(events) < chunk:
+                return
+            await anyio.lowlevel.checkpoint()  # a cached chunk comes back without a hop: yield anyway
 
     async def _run_fresh(self, fresh: Replica, *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]) -> None:
         """Run a replica built beside the live one; once swapped in, it fails and is rebuilt like any replica."""

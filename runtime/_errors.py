@@ -18,7 +18,7 @@ class, so a client re-raises exactly the class the server raised (:func:`error_f
     ├── ConsistencyTimeout      timeout               a replica did not reach the asked position in time
     ├── CommandTimeout          command_timeout       a command's receipt did not come within its timeout
     ├── UpstreamUnavailable     upstream_unavailable  a replica could not learn the writer's position (strong)
-    ├── NotWriter               not_writer            a command sent to a read-only follower
+    ├── NotWriter               not_writer            a command sent to a read-only follower or a standby
     ├── ActorStopped            stopped               the writer, a replica or the app is not running
     │   ├── Closed              closed                ... because it was closed (shutting down): you closed it
     │   └── Broken              broken                ... because it died (crashed, failed): it broke
@@ -255,13 +255,19 @@ class UpstreamUnavailable(CQRSError):
 
 
 class NotWriter(CQRSError):
-    """Commands were sent to a read-only follower."""
+    """Commands were sent to a read-only follower, or to a standby of a shared (PostgreSQL) log."""
 
     code = "not_writer"
 
-    def __init__(self, writer: str) -> None:
+    def __init__(self, writer: str, *, standby: bool = False) -> None:
         self.writer = writer
-        super().__init__(f"this is a read-only replica; send commands to the writer at {writer}")
+        if standby:
+            super().__init__(
+                f"this is a standby: the writer is {writer} (it holds the log's lease); send commands there, or "
+                "retry here after a takeover (this server becomes the writer when that lease expires)"
+            )
+        else:
+            super().__init__(f"this is a read-only replica; send commands to the writer at {writer}")
 
 
 class ActorStopped(CQRSError):

@@ -7,6 +7,7 @@
                     [--http-port N]   (GET /metrics, /api/stats and the live dashboard /; also on replica)
     soloist replica --upstream HOST:PORT [--host 127.0.0.1] [--port 7421] [--db replica.db] [--replicas 4]
                     [--domain module:ATTR] [--token T] [--upstream-token T]
+    soloist serve   --db postgresql://USER@HOST:PORT/DB [--standby] [--lease-ttl 5]   (log on PostgreSQL)
     soloist serve   ... --nats nats://HOST:PORT [--nats-stream NAME]      (publish committed batches)
     soloist replica --nats nats://HOST:PORT [--nats-stream NAME] [--upstream HOST:PORT] ...  (fed by JetStream)
     soloist send    ['{"op": "ping"}'] [--host] [--port] [--unix] [--token]   (JSON from argv or stdin)
@@ -42,6 +43,7 @@ from ._errors import ConnectionLost, CQRSError
 from ._gc import tune_process
 from ._logging import configure_logging
 from ._metrics import Metrics
+from ._store import is_postgres_url
 from .net import Client, Follower, Server, Upstream, parse_address
 from .net._http import HttpServer
 from .net._jetstream import JetStreamFollower, JetStreamPublisher
@@ -87,6 +89,8 @@ async def _until_signal(signals: AsyncIterator[signal.Signals]) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     domain = load_domain(args.domain)
+    if args.standby and not is_postgres_url(args.db):
+        raise UsageError("--standby needs a shared log: --db postgresql://... (a SQLite file has one writer)")
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with App(
             domain,
@@ -94,9 +98,11 @@ async def _serve(args: argparse.Namespace) -> int:
             replicas=args.replicas,
             snapshot_dir=args.snapshot_dir,
             snapshot_every=args.snapshot_every,
+            standby=args.standby,
+            lease_ttl=args.lease_ttl,
         ) as app:
             _tune()
-            if not args.no_seed and app.position == 0 and domain.seed is not None:
+            if not args.no_seed and app.role == "writer" and app.position == 0 and domain.seed is not None:
                 commands = domain.seed()
                 for command in commands:
                     await app.execute(command)
@@ -280,7 +286,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     def server_options(p: argparse.ArgumentParser, port: int, db: str) -> None:
-        p.add_argument("--db", default=db, help=f"SQLite event log (default {db})")
+        p.add_argument(
+            "--db", default=db, help=f"the event log: a SQLite file (default {db}) or a postgresql:// URL (serve)"
+        )
         p.add_argument("--host", default="127.0.0.1", help="TCP address to bind (default loopback)")
         p.add_argument("--port", type=int, default=port, help=f"TCP port (default {port}; 0 picks a free one)")
         p.add_argument("--unix", default=None, metavar="PATH", help="serve on a Unix socket instead of TCP")
@@ -302,6 +310,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--snapshot-dir", default=None, metavar="DIR", help="read-model checkpoints")
     serve.add_argument("--snapshot-every", type=int, default=0, metavar="N", help="checkpoint every N events")
     serve.add_argument("--no-seed", action="store_true", help="do not run the domain's seed on an empty log")
+    serve.add_argument(
+        "--standby",
+        action="store_true",
+        help="PostgreSQL: follow the log and answer queries; take over as the writer when its lease expires",
+    )
+    serve.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="PostgreSQL: the writer's lease; a dead writer is replaced within about this long (default 5)",
+    )
 
     def nats_options(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--nats", default=None, metavar="URL", help=f"{what} (e.g. nats://127.0.0.1:4222)")

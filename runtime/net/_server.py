@@ -174,7 +174,7 @@ class Server:
                     host=None if self.unix_path else self.host,
                     port=None if self.unix_path else self.port,
                     unix=self.unix_path,
-                    role="follower" if self.upstream is not None else "writer",
+                    role=self.app.role,
                     auth=self._token is not None,
                 )
                 task_status.started(self)
