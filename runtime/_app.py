@@ -315,7 +315,12 @@ class App:
             except Fenced as exc:
                 _log.error("lease_lost", where=self.where, error=str(exc), holder=exc.holder, epoch=exc.epoch)
                 if self._writer is not None:
-                    self._writer.close()  # nothing it decides from here can be appended under its epoch
+                    # stop taking commands and let the actor finish: what it holds meets the fence in the log
+                    # (each such command fails as Fenced, not "may or may not be in the log"), and a commit in
+                    # flight returns its real outcome (it may have landed before the lease was taken)
+                    self._writer.close()
+                    with anyio.move_on_after(self._lease_ttl):
+                        await self._writer_done.wait()
                 raise
             except PersistenceError as exc:
                 _log.warning("lease_renew_failed", where=self.where, error=str(exc))
