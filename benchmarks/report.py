@@ -145,6 +145,21 @@ def markdown(documents: dict[str, dict[str, Any]], plots: list[str]) -> str:
             if isinstance(v, dict) and "commands_per_s" in v:
                 rows.append([key.removeprefix("soloist_"), v["commands_per_s"], v.get("p50_ms"), v.get("p99_ms")])
         out += [*table(["submitters", "commands/s", "p50 ms", "p99 ms"], rows), ""]
+    f = documents.get("bench_failover")
+    if f is not None and f.get("results"):
+        out += ["## The log on PostgreSQL (durable commands/s, takeover)", "", f"Run at {when(f)}.", ""]
+        rows = [
+            [r["what"], r["submitters"], r["commands_per_s"], r["p99_ms"], f"{r['x_one_tx_per_command_pg']:.2f}x"]
+            for r in f["results"]
+        ]
+        out += [*table(["what", "submitters", "commands/s", "p99 ms", "x pg 1 tx/command"], rows), ""]
+        t = f.get("takeover") or {}
+        if t.get("seconds"):
+            out += [
+                f"Takeover after `kill -9` of the writer (lease {t['lease_ttl']:g} s): median "
+                f"{t['median_s']:.2f} s of {len(t['seconds'])} (target: lease + 2 s).",
+                "",
+            ]
     m = documents.get("metrics_overhead")
     if m is not None:
         out += [

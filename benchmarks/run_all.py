@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "bench_socket": ("--quick",),
     "bench_workloads": ("--quick",),
     "bench_metrics_overhead": ("--quick",),
+    "bench_failover": ("--quick",),
     "bench_postgres": ("--runs", "1", "--seconds", "0.5", "--read-events", "10000"),
 }
 
