@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import signal
+import sqlite3
 from typing import TYPE_CHECKING
 
 import anyio
@@ -188,3 +189,31 @@ class TestZombieWriter:
             assert isinstance(answer, (ConnectionLost, CQRSError))
             if isinstance(answer, CQRSError):
                 assert answer.code in {"fenced", "closed", "actor_stopped", "unavailable"}, answer
+
+
+class TestReplicaProcessOfAPostgresWriter:
+    async def test_a_replica_process_follows_a_writer_on_postgres(self, postgres_dsn: str, tmp_path: Path) -> None:
+        """``soloist replica`` copies a PostgreSQL writer's log into its own SQLite file, with the same log id."""
+        async with soloist(tmp_path / "writer.log", "serve", "--db", postgres_dsn) as writer:
+            async with Client.connect(port=writer.port) as client:
+                await client.command("Open", {"account": "a"})
+                for amount in (5, 7):
+                    receipt = await client.command("Deposit", {"account": "a", "amount": amount})
+            replica_db = tmp_path / "replica.db"
+            async with soloist(
+                tmp_path / "replica.log", "replica", "--upstream", writer.address, "--db", str(replica_db)
+            ) as replica:
+                async with Client.connect(port=replica.port) as client:
+                    balance, position = await client.query(
+                        "Balance", {"account": "a"}, consistency="session", min_position=int(str(receipt["position"]))
+                    )
+                assert await replica.terminate() == 0
+        assert (balance, position) == (12, 3)
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            log_id = await conn.fetchval("SELECT value FROM soloist.meta WHERE name = 'log_id'")
+        finally:
+            await conn.close()
+        with sqlite3.connect(replica_db) as db:  # it recorded the writer's log id: it follows that log only
+            (upstream,) = db.execute("SELECT value FROM meta WHERE name = 'upstream_log_id'").fetchone()
+        assert upstream == log_id
