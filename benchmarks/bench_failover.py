@@ -43,6 +43,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import machine, median, percentile, print_table, write_json
+from benchmarks.bench_postgres import admin
 from soloist import App, ConnectionLost, NotWriter, configure_logging
 from soloist.net import Client
 from soloist_shop.commands import AddProduct, Restock
@@ -54,14 +55,6 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTS = 100
 SUBMITTERS = (1, 10, 100)
-
-
-async def admin(server: str, sql: str) -> None:
-    conn = await asyncpg.connect(f"{server}/postgres")
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @asynccontextmanager
