@@ -112,6 +112,16 @@ class EventStoreContract(ABC):
             assert await store.read(25) == []
             assert await store.read(1000) == []
 
+    async def test_replay_yields_every_event_after_up_to_in_order(self) -> None:
+        """replay(after, upto): the start's pass, in order, chunked, nothing beyond upto."""
+        async with self.opened() as store:
+            await store.append(rows(1, 2500))
+            seen = [e.position async for chunk in store.replay(3, 2400) for e in chunk]
+            assert seen == list(range(4, 2401))
+            assert [e.position async for chunk in store.replay(2500, 2500) for e in chunk] == []
+            whole = [e async for chunk in store.replay(0, 2500) for e in chunk]
+            assert whole == await store.read(0, 1_000_000)  # the same events, decoded the same way
+
     async def test_read_stream(self) -> None:
         """read_stream returns one stream's events by version, whatever the interleaving with others."""
         async with self.opened() as store:

@@ -39,6 +39,14 @@ class TestPostgresStore(EventStoreContract):
         """The PostgreSQL store implements the Lease protocol; the others do not need to."""
         assert isinstance(self.make_store(), Lease)
 
+    async def test_lease_holder_names_the_holder_until_released(self) -> None:
+        async with self.make_store() as store, self.make_store() as other:
+            assert await other.lease_holder() == ""
+            await store.acquire_lease("writer-a", 30)
+            assert await other.lease_holder() == "writer-a"
+            await store.release_lease()
+            assert await other.lease_holder() == ""
+
     async def test_append_without_a_lease_is_fenced(self) -> None:
         """A store that never took the lease cannot append, and says how to fix it."""
         async with self.make_store() as store:
