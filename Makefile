@@ -51,10 +51,13 @@ $(VENV)/.bench: $(STAMP)
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y --no-install-recommends chromium; }
 
-# SIGKILL crash rounds against a real writer (docs/reliability.md); SEED=N to replay a run
+# SIGKILL crash rounds against a real writer (docs/reliability.md); SEED=N to replay a run. Then the same
+# rounds on PostgreSQL with a standby taking over (POSTGRES=server DSN; not run, with the reason, without one)
 ROUNDS ?= 100
+POSTGRES ?= postgresql://postgres@127.0.0.1:5432
 chaos: $(STAMP)
 	$(BIN)/python -m tests.e2e.crash_suite --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED),)
+	$(BIN)/python -m tests.e2e.crash_suite --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED),) --postgres $(POSTGRES)
 
 clean:
 	rm -rf $(VENV) soloist.db soloist.db-wal soloist.db-shm .coverage

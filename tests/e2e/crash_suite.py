@@ -13,14 +13,21 @@ resend every unanswered request with its key, then check the whole history:
 - the writer, a replica process following it across the crashes, and an offline replay of the file answer
   GetProduct for every sku and SalesSummary identically.
 
-``python -m tests.e2e.crash_suite --rounds 100 [--seed N]`` (``make chaos``) prints the figures;
-``tests/e2e/test_crash_suite.py`` runs a few rounds in the default suite.
+On PostgreSQL (``dsn``), the same rounds run with a standby: the writer and a ``--standby`` process share the
+log; the writer is killed, the standby takes over (its ``standby_took_over`` line), a new standby starts on the
+dead writer's port, and the resend goes to the new writer. After every resend a few acknowledged requests are
+sent again: each must come back as a duplicate with its first receipt.
+
+``python -m tests.e2e.crash_suite --rounds 100 [--seed N] [--postgres SERVER]`` (``make chaos``) prints the
+figures; ``tests/e2e/test_crash_suite.py`` runs a few rounds of each in the default suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import secrets
 import signal
 import socket
 import sqlite3
@@ -34,11 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import asyncpg
 import orjson
 
 from soloist import ConnectionLost, CQRSError, DomainError
 from soloist._log import LogScanner
 from soloist._messages import TypeRegistry
+from soloist._postgres import PostgresStore
 from soloist.net import Client
 from soloist_shop.queries import GetProduct, SalesSummary
 from soloist_shop.wiring import DOMAIN
@@ -101,12 +110,15 @@ def _free_port() -> int:
 class CrashSuite:
     """Rounds of load, SIGKILL, restart and resend against one log file; ``check()`` after each round."""
 
-    def __init__(self, directory: Path, *, seed: int) -> None:
+    def __init__(self, directory: Path, *, seed: int, dsn: str | None = None, lease_ttl: float = 1.0) -> None:
         self.directory = directory
         self.db = directory / "crash.db"
+        self.dsn = dsn  # a PostgreSQL log shared by the writer and a standby; None: the SQLite file
+        self.lease_ttl = lease_ttl
         self.rng = random.Random(seed)
         self.seed = seed
-        self.port = _free_port()
+        self.port = _free_port()  # the writer's
+        self.spare_port = _free_port()  # PostgreSQL: the standby's
         self.requests: list[Request] = []
         self.orders: list[str] = []  # acknowledged PlaceOrder ids (candidates for CancelOrder / ShipOrder)
         self.retried = 0
@@ -140,9 +152,12 @@ class CrashSuite:
         await running.wait_listening()
         return running
 
-    async def _writer(self, stack: AsyncExitStack) -> SoloistProcess:
-        self._outer.push_async_callback(stack.aclose)  # killed even if the round fails half-way
-        return await self._start(stack, "serve", "--db", str(self.db), "--port", str(self.port), "--no-seed")
+    async def _serve(self, port: int, *, standby: bool = False) -> SoloistProcess:
+        """A ``soloist serve`` on the log (killed at the end of the run if still alive)."""
+        args = ["serve", "--db", self.dsn or str(self.db), "--port", str(port), "--no-seed"]
+        if self.dsn is not None:
+            args += ["--lease-ttl", str(self.lease_ttl), *(["--standby"] if standby else [])]
+        return await self._start(self._outer, *args)
 
     # -- requests -------------------------------------------------------------------------------------
 
@@ -225,7 +240,8 @@ class CrashSuite:
             await writer.process.wait()
 
     async def _resend(self) -> None:
-        """After the restart: every unanswered request again, with its key, until answered."""
+        """After the restart: every unanswered request again, with its key, until answered; then a few
+        acknowledged ones, which must come back as duplicates with their first receipt."""
         async with Client.connect("127.0.0.1", self.port) as client:
             for request in self.requests:
                 if request.answer is None:
@@ -233,6 +249,14 @@ class CrashSuite:
                     await self._send(client, request)
                     if request.answer is None:  # pragma: no cover - only after a failure of the writer itself
                         raise HistoryViolation(f"resending {request.key} gave no answer")
+            acknowledged = [r for r in self.requests if r.answer == "ok"]
+            for request in self.rng.sample(acknowledged, min(3, len(acknowledged))):
+                receipt = await client.command(request.type, request.data, idempotency_key=request.key)
+                position = receipt["position"]
+                assert isinstance(position, int)
+                request.positions.add(position)  # a second position is counted as duplicated
+                if receipt.get("duplicate") is not True:
+                    raise HistoryViolation(f"{request.key}, acknowledged before, was executed again: {receipt}")
 
     # -- rounds ---------------------------------------------------------------------------------------
 
@@ -240,37 +264,46 @@ class CrashSuite:
         started = time.perf_counter()
         async with AsyncExitStack() as outer:
             self._outer = outer
-            first = AsyncExitStack()
-            writer = await self._writer(first)
+            writer = await self._serve(self.port)
             await self._setup()
+            standby = await self._serve(self.spare_port, standby=True) if self.dsn is not None else None
             replica_db = self.directory / "replica.db"
-            replica = await self._start(
+            replica = await self._start(  # follows the first writer's address (on PostgreSQL: writer or standby)
                 outer, "replica", "--upstream", f"127.0.0.1:{self.port}", "--db", str(replica_db), "--port", "0"
             )
-            stack = first
             for _ in range(rounds):
-                async with stack:
-                    await self._drive(writer, self.rng.randint(5, max_kill_after))
-                stack = AsyncExitStack()
-                writer = await self._writer(stack)
+                await self._drive(writer, self.rng.randint(5, max_kill_after))
+                if standby is None:
+                    writer = await self._serve(self.port)  # restarted on the same file
+                else:
+                    await standby.wait_for("standby_took_over", within=self.lease_ttl + 30)
+                    writer, self.port, self.spare_port = standby, self.spare_port, self.port
+                    standby = await self._serve(self.spare_port, standby=True)  # where the dead writer was
                 await self._resend()
                 await self.check(replica)
-            async with stack:
-                writer.process.send_signal(signal.SIGTERM)
-                with anyio.fail_after(30):
-                    await writer.process.wait()
-        return self.figures(rounds, time.perf_counter() - started)
+            for process in (writer, standby):
+                if process is not None:
+                    await process.terminate(within=30)
+        return await self.figures(rounds, time.perf_counter() - started)
 
     # -- the checks -----------------------------------------------------------------------------------
 
-    def _log_rows(self) -> list[tuple[int, str | None, str]]:
-        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as conn:
-            rows = conn.execute("SELECT position, idempotency_key, command_id FROM events ORDER BY position").fetchall()
-        conn.close()
+    async def _log_rows(self) -> list[tuple[int, str | None, str]]:
+        sql = "SELECT position, idempotency_key, command_id FROM {}events ORDER BY position"
+        if self.dsn is not None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                rows = [tuple(row) for row in await conn.fetch(sql.format("soloist."))]
+            finally:
+                await conn.close()
+        else:
+            with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as db:
+                rows = db.execute(sql.format("")).fetchall()
+            db.close()
         return [(int(p), k, str(c)) for p, k, c in rows]
 
-    def figures(self, rounds: int, seconds: float) -> Figures:
-        rows = self._log_rows()
+    async def figures(self, rounds: int, seconds: float) -> Figures:
+        rows = await self._log_rows()
         commands_of: dict[str | None, set[str]] = defaultdict(set)
         for _, key, command_id in rows:
             commands_of[key].add(command_id)
@@ -321,21 +354,29 @@ class CrashSuite:
             out["SalesSummary"] = summary.result
         return out
 
-    def _replayed(self) -> dict[str, object]:
+    async def _replayed(self, head: int) -> dict[str, object]:
+        """The read models of an offline replay of the log (read-only: no lock, no lease)."""
         models = DOMAIN.read_models()
-        with LogScanner(self.db, TypeRegistry("event", DOMAIN.events)) as scanner:
-            after = 0
-            while chunk := scanner.read(after):
-                for event in chunk:
-                    models.apply(event)
-                after = chunk[-1].position
+        events = TypeRegistry("event", DOMAIN.events)
+        if self.dsn is not None:
+            async with PostgresStore(self.dsn, events) as store:
+                async for chunk in store.replay(0, head):
+                    for event in chunk:
+                        models.apply(event)
+        else:
+            with LogScanner(self.db, events) as scanner:
+                after = 0
+                while chunk := scanner.read(after):
+                    for event in chunk:
+                        models.apply(event)
+                    after = chunk[-1].position
         out: dict[str, object] = {sku: models.query(GetProduct(sku=sku)) for sku in SKUS}
         out["SalesSummary"] = models.query(SalesSummary())
         return orjson.loads(orjson.dumps(out))  # type: ignore[no-any-return]
 
     async def check(self, replica: SoloistProcess) -> None:
         """Every invariant of the history (see the module docstring); HistoryViolation names the first broken."""
-        rows = self._log_rows()
+        rows = await self._log_rows()
         positions = [p for p, _, _ in rows]
         if positions != list(range(1, len(rows) + 1)):
             raise HistoryViolation(f"positions are not 1..{len(rows)}: first gap near {_first_gap(positions)}")
@@ -371,7 +412,7 @@ class CrashSuite:
             raise HistoryViolation(f"negative stock from the acknowledged commands: {expected}")
         served = await self._answers(self.port, head)
         followed = await self._answers(replica.port, head)
-        replayed = self._replayed()
+        replayed = await self._replayed(head)
         stocks = {sku: answer["stock"] for sku, answer in served.items() if isinstance(answer, dict) and sku in SKUS}
         if stocks != expected:
             raise HistoryViolation(f"stock served {stocks}, expected from the acknowledged commands {expected}")
@@ -388,23 +429,53 @@ def _first_gap(positions: list[int]) -> int:
     return len(positions) + 1
 
 
+async def _postgres_database(server: str, sql: str) -> None:
+    conn = await asyncpg.connect(f"{server}/postgres", timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--seed", type=int, default=None, help="RNG seed (default: random, printed)")
     parser.add_argument("--dir", default=None, help="working directory (default: a temporary one)")
+    parser.add_argument(
+        "--postgres",
+        default=None,
+        metavar="SERVER",
+        help="run on PostgreSQL with a standby: a server DSN without database (postgresql://postgres@127.0.0.1:5432);"
+        " a database is created and dropped",
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
-    print(f"crash suite: seed {seed}, rounds {args.rounds}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="soloist-chaos-") as tmp:
-        directory = Path(args.dir) if args.dir else Path(tmp)
-        directory.mkdir(parents=True, exist_ok=True)
-        suite = CrashSuite(directory, seed=seed)
+    where = "PostgreSQL with a standby" if args.postgres else "SQLite"
+    print(f"crash suite ({where}): seed {seed}, rounds {args.rounds}", flush=True)
+    dsn = None
+    if args.postgres:
+        server = args.postgres.rstrip("/")
+        name = f"soloist_chaos_{secrets.token_hex(4)}"
         try:
-            figures = anyio.run(suite.run, args.rounds, backend_options={"use_uvloop": True})
-        except HistoryViolation as exc:
-            print(f"crash suite FAILED (seed {seed}): {exc}", flush=True)
-            return 1
+            anyio.run(_postgres_database, server, f"CREATE DATABASE {name}")
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"crash suite on PostgreSQL not run: no server at {server} ({exc})", flush=True)
+            return 1 if os.environ.get("CI") == "true" else 0
+        dsn = f"{server}/{name}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="soloist-chaos-") as tmp:
+            directory = Path(args.dir) if args.dir else Path(tmp)
+            directory.mkdir(parents=True, exist_ok=True)
+            suite = CrashSuite(directory, seed=seed, dsn=dsn)
+            try:
+                figures = anyio.run(suite.run, args.rounds, backend_options={"use_uvloop": True})
+            except HistoryViolation as exc:
+                print(f"crash suite FAILED (seed {seed}): {exc}", flush=True)
+                return 1
+    finally:
+        if args.postgres:
+            anyio.run(_postgres_database, server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     print(figures.line(), flush=True)
     print(f"rounds: {figures.rounds}\nacknowledged: {figures.acknowledged}\nlost: {figures.lost}")
     print(f"duplicated: {figures.duplicated}")

@@ -71,19 +71,23 @@ class SoloistProcess:
                 out.append({"event": "unparsed", "raw": raw.decode(errors="replace")})
         return out
 
-    async def wait_listening(self, within: float = 20.0) -> int:
-        """Poll the log (bounded) for the ``server_listening`` line; the bound port."""
+    async def wait_for(self, event: str, within: float = 20.0) -> dict[str, object]:
+        """Poll the log (bounded) for the first line whose ``event`` is ``event``; that line."""
         with anyio.fail_after(within):
             while True:
                 for line in self.lines():
-                    if line.get("event") == "server_listening":
-                        port = line["port"]
-                        assert isinstance(port, int)
-                        self.port = port
-                        return port
+                    if line.get("event") == event:
+                        return line
                 if self.process.returncode is not None:
                     raise AssertionError(f"soloist exited with {self.process.returncode}: {self.log.read_text()}")
-                await anyio.sleep(0.02)
+                await anyio.sleep(0.02)  # another process's progress: polled, bounded
+
+    async def wait_listening(self, within: float = 20.0) -> int:
+        """Wait (bounded) for the ``server_listening`` line; the bound port."""
+        port = (await self.wait_for("server_listening", within))["port"]
+        assert isinstance(port, int)
+        self.port = port
+        return port
 
     async def terminate(self, within: float = 20.0) -> int:
         """SIGTERM, then wait (bounded) for the exit code."""

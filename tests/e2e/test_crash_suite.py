@@ -27,6 +27,15 @@ class TestCrashSuite:
         assert figures.acknowledged > 3 * 5
         assert figures.retried > 0  # at least one request was in flight at some kill
 
+    async def test_rounds_of_sigkill_with_a_standby_on_postgres(self, tmp_path: Path, postgres_dsn: str) -> None:
+        """On PostgreSQL: the writer killed, its standby takes over, a new standby starts; every invariant holds."""
+        seed = int(os.environ.get("SOLOIST_CRASH_SEED", random.randrange(1 << 32)))
+        print(f"crash suite seed {seed} (rerun with SOLOIST_CRASH_SEED={seed})")
+        figures = await CrashSuite(tmp_path, seed=seed, dsn=postgres_dsn).run(2, max_kill_after=80)
+        print(figures.line())
+        assert (figures.lost, figures.duplicated) == (0, 0)
+        assert figures.acknowledged > 2 * 5
+
     async def test_the_figures_count_a_lost_and_a_duplicated_acknowledgement(self, tmp_path: Path) -> None:
         """The suite is not blind: an acknowledgement absent from the log is lost, one with two receipts doubled."""
         suite = CrashSuite(tmp_path, seed=7)
@@ -35,5 +44,5 @@ class TestCrashSuite:
         doubled = next(r for r in suite.requests if r.answer == "ok")
         doubled.positions.add(10**9)
         suite.requests.append(lost)
-        figures = suite.figures(1, 0.0)
+        figures = await suite.figures(1, 0.0)
         assert (figures.lost, figures.duplicated) == (1, 1)
