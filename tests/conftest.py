@@ -13,6 +13,8 @@ import asyncpg
 import pytest
 import uvloop
 
+from tests.postgres import admin
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterator, Mapping
 
@@ -42,14 +44,6 @@ def _on_own_loop(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
-async def _admin(server: str, sql: str) -> None:
-    conn = await asyncpg.connect(f"{server}/postgres", timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session", name="postgres_server")
 def _postgres_server() -> str:
     """The DSN (without database) of the PostgreSQL on 127.0.0.1:5432; skips without one, fails under CI=true."""
@@ -57,7 +51,7 @@ def _postgres_server() -> str:
     for user in ("postgres", "root"):
         server = f"postgresql://{user}@{POSTGRES_ADDRESS}"
         try:
-            _on_own_loop(functools.partial(_admin, server, "SELECT 1"))
+            _on_own_loop(functools.partial(admin, server, "SELECT 1"))
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             failures.append(f"as {user}: {exc!r}")
             continue
@@ -75,8 +69,8 @@ def _postgres_server() -> str:
 def _postgres_dsn(postgres_server: str) -> Iterator[str]:
     """A DSN to a new, empty database (soloist_test_<random>), dropped after the test."""
     name = f"soloist_test_{secrets.token_hex(6)}"
-    _on_own_loop(lambda: _admin(postgres_server, f"CREATE DATABASE {name}"))
+    _on_own_loop(lambda: admin(postgres_server, f"CREATE DATABASE {name}"))
     try:
         yield f"{postgres_server}/{name}"
     finally:
-        _on_own_loop(lambda: _admin(postgres_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        _on_own_loop(lambda: admin(postgres_server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

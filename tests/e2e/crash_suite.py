@@ -52,6 +52,7 @@ from soloist.net import Client
 from soloist_shop.queries import GetProduct, SalesSummary
 from soloist_shop.wiring import DOMAIN
 from tests.e2e.processes import ROOT, SoloistProcess, _env
+from tests.postgres import admin
 
 __all__ = ["CrashSuite", "Figures"]
 
@@ -429,14 +430,6 @@ def _first_gap(positions: list[int]) -> int:
     return len(positions) + 1
 
 
-async def _postgres_database(server: str, sql: str) -> None:
-    conn = await asyncpg.connect(f"{server}/postgres", timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=100)
@@ -458,7 +451,7 @@ def main() -> int:
         server = args.postgres.rstrip("/")
         name = f"soloist_chaos_{secrets.token_hex(4)}"
         try:
-            anyio.run(_postgres_database, server, f"CREATE DATABASE {name}")
+            anyio.run(admin, server, f"CREATE DATABASE {name}")
         except (OSError, asyncpg.PostgresError) as exc:
             print(f"crash suite on PostgreSQL not run: no server at {server} ({exc})", flush=True)
             return 1 if os.environ.get("CI") == "true" else 0
@@ -475,7 +468,7 @@ def main() -> int:
                 return 1
     finally:
         if args.postgres:
-            anyio.run(_postgres_database, server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            anyio.run(admin, server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     print(figures.line(), flush=True)
     print(f"rounds: {figures.rounds}\nacknowledged: {figures.acknowledged}\nlost: {figures.lost}")
     print(f"duplicated: {figures.duplicated}")
