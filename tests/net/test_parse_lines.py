@@ -9,17 +9,17 @@ its newline) and any cut into chunks, the answers are those of the whole stream 
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import msgspec
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from soloist.net._framing import LineSplitter
 from soloist.net._requests import PingRequest, RequestError, parse_lines, parse_request
 from tests.net.harness import raw, serving
+from tests.net.test_fuzz import LONG_RUN
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from soloist.net._requests import Request
 
 MAX_LINE = 96
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 
 Outcome = tuple[str, object]  # ("request", Request) | ("error", (code, id)) | ("too_large", None)
 
@@ -124,14 +123,14 @@ def streams(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
 
 
 class TestParseLines:
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @LONG_RUN
     @given(case=streams())
     def test_any_cut_into_chunks_gives_the_lines_requests(self, case: tuple[bytes, list[bytes]]) -> None:
         """Feeding the chunks gives the requests (and errors) of the whole stream parsed line by line."""
         stream, chunks = case
         assert server_path(chunks) == model(stream)
 
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @LONG_RUN
     @given(block=st.lists(lines, max_size=12).map(b"\n".join))
     def test_one_call_answers_as_each_line_would(self, block: bytes) -> None:
         """parse_lines is parse_request per non-blank line, or RequestError when one of them fails."""
