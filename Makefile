@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint types pytest bench bench-quick browser chaos clean
+.PHONY: run test lint types pytest bench bench-quick browser chaos fuzz overload clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ POSTGRES ?= postgresql://postgres@127.0.0.1:5432
 chaos: $(STAMP)
 	$(BIN)/python -m tests.e2e.crash_suite --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED),)
 	$(BIN)/python -m tests.e2e.crash_suite --rounds $(ROUNDS) $(if $(SEED),--seed $(SEED),) --postgres $(POSTGRES)
+
+# The property fuzz (frame parser, every shop command's and query's fields, garbage over a socket) at
+# FUZZ_EXAMPLES examples each (default 100,000; the default suite runs 60): docs/reliability.md
+FUZZ_EXAMPLES ?= 100000
+FUZZ_TESTS := tests/net/test_parse_lines.py tests/net/test_fuzz_shop.py tests/net/test_fuzz.py
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q --timeout=0 -p no:randomly --hypothesis-show-statistics $(FUZZ_TESTS)
 
 clean:
 	rm -rf $(VENV) soloist.db soloist.db-wal soloist.db-shm .coverage

@@ -138,14 +138,27 @@ def parse_request(line: bytes) -> Request:
 
 
 def parse_lines(lines: bytes) -> list[Request]:
-    """Every request of newline-separated lines, in one call; :class:`RequestError` if any line is not one.
+    """The request on each line of ``lines`` (lines joined by ``\\n``; blank lines skipped), in one call.
 
-    (The error is for the whole chunk; parse the lines one by one to find and answer each bad line.)
+    Exactly what :func:`parse_request` gives for each line, however the stream was cut into chunks;
+    :class:`RequestError` if any line is not a request (parse the lines one by one to answer each).
+
+    msgspec's ``decode_lines`` reads a stream of JSON values, not lines: alone it takes two objects on
+    one line as two requests (slipping past the in-flight cap, which counts lines) and one object cut
+    over two lines as one request (while the same bytes in two chunks are two bad lines). Its answer is
+    used only when every line boundary is ``}\\n{`` and there are as many values as lines: then no value
+    spans a line (``}{`` cannot occur inside JSON, nor a raw newline in a string) and each line holds
+    exactly one. Anything else (CRLF, blank lines, spaces around a line) is parsed line by line.
     """
-    try:
-        return _decode_lines(lines)
-    except msgspec.MsgspecError as exc:
-        raise RequestError(bad_request_from(exc), None) from None
+    newlines = lines.count(b"\n")
+    if lines[:1] == b"{" and lines[-1:] == b"}" and lines.count(b"}\n{") == newlines:
+        try:
+            requests = _decode_lines(lines)
+        except msgspec.MsgspecError as exc:
+            raise RequestError(bad_request_from(exc), None) from None
+        if len(requests) == newlines + 1:
+            return requests
+    return [parse_request(line) for line in lines.split(b"\n") if line and not line.isspace()]
 
 
 def _explain(line: bytes, exc: msgspec.MsgspecError) -> RequestError:

@@ -7,13 +7,14 @@ open the whole time must still get right answers.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 from anyio.from_thread import start_blocking_portal
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.net.harness import serving
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
     from soloist import App
 
 MAX_LINE = 4096
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
+LONG_RUN = settings(  # FUZZ_EXAMPLES=100000 in `make fuzz`; no explain phase (it traces every line: slow)
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    phases=(Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink),
+)
 OPS = ["ping", "command", "query", "subscribe", "stats", "auth", "nope", "", "PING"]
 TYPES = ["Open", "Deposit", "Withdraw", "Transfer", "Crash", "Balance", "Total", "Nope", 7, None]
 
@@ -35,6 +43,9 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
+
+# a failing example with huge lines is worth its repr; the warning about its size is not an error here
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 
 def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any] = json_values) -> st.SearchStrategy[Any]:
@@ -150,7 +161,7 @@ def _good(served: tuple[BlockingPortal, App, int]) -> Iterator[Line]:
 
 
 class TestFuzz:
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @LONG_RUN
     @given(payload=payloads)
     def test_garbage_does_not_disturb_others(self, port: int, good: Line, payload: list[bytes]) -> None:
         """Whatever one connection sends, it gets well-formed answers (or is closed) and others are served."""
