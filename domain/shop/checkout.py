@@ -28,6 +28,7 @@ from .events import OrderCancelled, OrderShipped, PaymentCaptured, PaymentDeclin
 
 __all__ = [
     "DEFAULT_DEADLINE",
+    "FOLDED",
     "Capture",
     "Checkout",
     "CheckoutState",
@@ -81,6 +82,10 @@ class Void(NamedTuple):
 
 
 Want: TypeAlias = Send | Capture | Void
+
+
+FOLDED: frozenset[type] = frozenset({PaymentRequested, PaymentDeclined, PaymentCaptured, OrderCancelled, OrderShipped})
+"""The events :func:`fold` reads; it leaves the state as it is for any other."""
 
 
 def capture_key(order_id: str) -> str:

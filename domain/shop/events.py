@@ -249,10 +249,10 @@ def stream_of(event: object) -> str:
 
 def affects(event: object) -> tuple[str, ...]:
     """The streams besides its own whose write-model state `event` changes: an order's products."""
-    if type(event) is OrderPlaced and event.reserves_stock:
-        return tuple(f"product-{line.sku}" for line in event.lines)
+    if type(event) is OrderPlaced and event.reserves_stock:  # lists, then tuples: faster than generators
+        return tuple([f"product-{line.sku}" for line in event.lines])
     if type(event) is OrderCancelled:
-        return tuple(f"product-{line.sku}" for line in event.lines)
+        return tuple([f"product-{line.sku}" for line in event.lines])
     return ()
 
 

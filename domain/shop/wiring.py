@@ -9,6 +9,7 @@ from soloist import BadRequest, Call, Domain, DomainError, Issue, NotFound, Proc
 
 from .checkout import (
     DEFAULT_DEADLINE,
+    FOLDED,
     Capture,
     Checkout,
     CheckoutState,
@@ -135,6 +136,7 @@ def checkout_process(
         evolve=evolve,
         steps=steps,
         wake_at=next_deadline,
+        events=FOLDED,  # not every order: only those placed with a payment token have a PaymentRequested
         attempt_timeout=attempt_timeout,
         backoff=backoff,
     )

@@ -47,7 +47,7 @@ class TestServe:
             assert events_named(lines, "signal_received")[0]["signal"] == "SIGTERM"
             assert events_named(lines, "app_stopped")[0]["position"] == 2
             tuned = events_named(lines, "process_tuned")[0]  # the CLI owns its process and tunes it
-            assert tuned["switch_interval"] == 0.0005
+            assert tuned["switch_interval"] == pytest.approx(0.0001)
             assert isinstance(tuned["gc_frozen"], int)
             assert tuned["gc_frozen"] > 0
 

@@ -133,6 +133,24 @@ class TestProcessRunner:
             assert stats.last_error is not None
             assert "insufficient funds" in stats.last_error
 
+    async def test_only_the_declared_events_are_folded(self, soloist_app: AppFactory) -> None:
+        """A manager declaring the events it reads is handed only those; the others just advance its position."""
+        seen: list[type] = []
+
+        def evolve(state: Bonus, event: RecordedEvent) -> Bonus:
+            seen.append(type(event.data))
+            return _evolve(state, event)  # the poison (a Moved of 13) would be parked if it were handed over
+
+        manager = dataclasses.replace(BONUS, evolve=evolve, events=frozenset({Opened}))
+        async with soloist_app(dataclasses.replace(BANK, processes=(manager,))) as app:
+            await app.execute(Open(account="a"))
+            last = await app.execute(Deposit(account="a", amount=13))
+            runner = app.process("bonus")
+            await runner.wait_for(last.position)
+            assert runner.position >= last.position
+            assert set(seen) == {Opened}
+            assert runner.parked == ()
+
     async def test_duplicate_names_are_refused(self) -> None:
         """Two process managers with one name: ValueError naming it."""
         with pytest.raises(ValueError, match="bonus"):
