@@ -21,6 +21,7 @@ __all__ = [
     "LineSplitter",
     "LineTooLong",
     "Ok",
+    "ReceiptResult",
     "encode_error",
     "encode_events",
     "encode_oks",
@@ -110,6 +111,14 @@ class Ok(msgspec.Struct, gc=False, omit_defaults=True):
     ok: bool
     result: object
     position: int | None = None
+
+
+class ReceiptResult(msgspec.Struct, gc=False):
+    """A command's receipt as answered on the wire (encodes like the dict it replaces, fields in this order)."""
+
+    position: int
+    command_id: str
+    duplicate: bool
 
 
 class _ErrorBody(msgspec.Struct, gc=False):

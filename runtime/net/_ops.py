@@ -88,8 +88,9 @@ class Pending:
         return self.finished
 
     def set_result(self, receipt: Receipt, /) -> None:
-        result = {"position": receipt.position, "command_id": receipt.command_id, "duplicate": receipt.duplicate}
-        self.ok(result, receipt.position)
+        if self.finish():
+            self.conn.receipt(self.request_id, receipt)
+            self.conn.answered()
 
     def set_exception(self, exception: BaseException, /) -> None:
         self.fail(exception)

@@ -105,6 +105,25 @@ class TestOps:
             assert answers[1]["result"]["duplicate"] is False
             assert answers[2]["result"] == {**answers[2]["result"], "duplicate": True, "position": 2}
 
+    async def test_a_commits_answers_go_out_in_the_order_given(self, tmp_path: Path) -> None:
+        """Receipts and a rejection decided in one batch reach the client in position order, receipts
+        byte for byte as ``{"position", "command_id", "duplicate"}``."""
+        async with serving(tmp_path) as (_, server), raw(server) as conn:
+            await open_accounts(conn, "a")
+            deposit = {"op": "command", "type": "Deposit", "data": {"account": "a", "amount": 5}}
+            refused = {"op": "command", "type": "Withdraw", "data": {"account": "a", "amount": 10**9}}
+            await conn.send(line(id=1, **deposit) + line(id=2, **refused) + line(id=3, **deposit))
+            lines = [await conn.line() for _ in range(3)]
+            answers = [orjson.loads(raw_line or b"") for raw_line in lines]
+            assert [a["id"] for a in answers] == [1, 2, 3]
+            assert [a["ok"] for a in answers] == [True, False, True]
+            first = answers[0]["result"]
+            assert lines[0] == (
+                b'{"id":1,"ok":true,"result":{"position":2,"command_id":"'
+                + first["command_id"].encode()
+                + b'","duplicate":false},"position":2}'
+            )
+
     async def test_stats(self, tmp_path: Path) -> None:
         """stats reports the writer, each replica's position and lag, and the connections."""
         async with serving(tmp_path) as (app, server), raw(server) as conn:
