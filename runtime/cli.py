@@ -40,7 +40,7 @@ from ._backup import backup
 from ._digest import replay_digest
 from ._domain import Domain
 from ._errors import ConnectionLost, CQRSError
-from ._gc import tune_process
+from ._gc import DEFAULT_GC_THRESHOLD, tune_process
 from ._logging import configure_logging
 from ._metrics import Metrics
 from ._store import is_postgres_url
@@ -120,8 +120,13 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def _tune() -> None:
     """This process is ours: tune it for serving once the App has rebuilt its state (see runtime/_gc.py)."""
-    tuning = tune_process(freeze_gc=True)
-    _log.info("process_tuned", switch_interval=tuning.switch_interval, gc_frozen=tuning.frozen)
+    tuning = tune_process(freeze_gc=True, gc_threshold=DEFAULT_GC_THRESHOLD)
+    _log.info(
+        "process_tuned",
+        switch_interval=tuning.switch_interval,
+        gc_frozen=tuning.frozen,
+        gc_threshold=tuning.gc_threshold,
+    )
 
 
 def _server(app: App, args: argparse.Namespace, *, upstream: Upstream | None = None) -> Server:

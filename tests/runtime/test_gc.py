@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from soloist import tune_process
-from soloist._gc import DEFAULT_SWITCH_INTERVAL, gc_paused
+from soloist._gc import DEFAULT_GC_THRESHOLD, DEFAULT_SWITCH_INTERVAL, gc_paused
 
 
 class TestTuneProcess:
@@ -37,6 +37,34 @@ class TestTuneProcess:
         finally:
             tuning.undo()
         assert gc.get_freeze_count() == 0
+
+    def test_gc_threshold_sets_the_first_threshold_and_undo_restores_it(self) -> None:
+        """gc_threshold=N sets the young generation's threshold only, reports both, and undo() restores them."""
+        before = gc.get_threshold()
+        tuning = tune_process(switch_interval=None, gc_threshold=DEFAULT_GC_THRESHOLD)
+        try:
+            assert gc.get_threshold() == (DEFAULT_GC_THRESHOLD, *before[1:])
+            assert tuning.gc_threshold == gc.get_threshold()
+            assert tuning.gc_threshold_before == before
+        finally:
+            tuning.undo()
+        assert gc.get_threshold() == before
+
+    def test_gc_threshold_refuses_zero(self) -> None:
+        """0 would disable the collector altogether: refused, nothing changed."""
+        before = gc.get_threshold()
+        with pytest.raises(ValueError, match="at least 1"):
+            tune_process(switch_interval=None, gc_threshold=0)
+        assert gc.get_threshold() == before
+
+    def test_by_default_the_gc_thresholds_stay(self) -> None:
+        """Without gc_threshold the collector's thresholds are left alone."""
+        before = gc.get_threshold()
+        tuning = tune_process(switch_interval=None)
+        try:
+            assert gc.get_threshold() == tuning.gc_threshold == tuning.gc_threshold_before == before
+        finally:
+            tuning.undo()
 
     def test_none_leaves_the_switch_interval(self) -> None:
         """switch_interval=None does not touch the interpreter's setting."""
