@@ -79,6 +79,7 @@ __all__ = ["Reply", "Writer", "WriterStatistics"]
 _log = structlog.get_logger("soloist.writer")
 _decode_checkpoint: Final = msgspec.json.Decoder(list[tuple[str, int, str, msgspec.Raw]]).decode
 _ABSENT: Final = object()
+_new_tuple: Final = tuple.__new__
 
 Undo = list[tuple[str, object, int]]  # (stream, old state or _ABSENT, old version), in the order applied
 
@@ -371,7 +372,10 @@ class Writer:
 
         Raises like :meth:`submit_nowait` (and then ``reply`` is never called).
         """
-        submission = _Submission(command, self._commands.name_of(command), idempotency_key, reply, time.perf_counter())
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (0.26 -> 0.17 us), once per command
+        submission = _new_tuple(
+            _Submission, (command, self._commands.name_of(command), idempotency_key, reply, time.perf_counter())
+        )
         send = self._open_send()
         try:
             send.send_nowait(submission)
@@ -395,7 +399,9 @@ class Writer:
         Once enqueued, cancelling the caller does not un-send the command: the log is the truth.
         """
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        submission = _Submission(command, self._commands.name_of(command), idempotency_key, future, time.perf_counter())
+        submission = _new_tuple(
+            _Submission, (command, self._commands.name_of(command), idempotency_key, future, time.perf_counter())
+        )
         send = self._open_send()
         try:
             send.send_nowait(submission)  # fast path: no checkpoint when there is room
@@ -721,9 +727,6 @@ class Writer:
     def _internal(self, exc: Exception, sub: _Submission) -> CQRSError:
         _log.error("command_crashed", command_type=sub.type_name, exc_info=exc)
         return InternalError(f"{sub.type_name} could not be decided: {type(exc).__name__}: {exc}")
-
-
-_new_tuple: Final = tuple.__new__
 
 
 def _recorded(rows: list[EventRow], objects: list[object]) -> tuple[RecordedEvent, ...]:
