@@ -618,7 +618,7 @@ class Writer:
                 pending_keys[key] = stored  # later decisions see it; it vanishes if this batch fails
                 decided.keys.append((key, stored))
                 decided.key_rows.append((key, fp, position, command_id))
-            outcomes.append((sub, Receipt(position, command_id, len(rows) - row_mark)))
+            outcomes.append((sub, _new_tuple(Receipt, (position, command_id, len(rows) - row_mark, False))))
         decided.position = self._head = position
         return decided
 

@@ -373,6 +373,18 @@ class TestSubscribe:
             assert code == "bad_request"
             assert "subscription" in message
 
+    async def test_a_command_after_subscribe_in_the_same_chunk_is_refused(self, tmp_path: Path) -> None:
+        """A command that follows a subscribe in one write is refused with bad_request, and not taken."""
+        async with serving(tmp_path) as (app, server), raw(server) as sub:
+            deposit = {"op": "command", "type": "Open", "data": {"account": "a"}}
+            await sub.send(line(id="s", op="subscribe") + line(id=2, **deposit))
+            answers = await sub.answers(2)
+            assert answers["s"]["ok"]
+            code, message = error_of(answers[2])
+            assert code == "bad_request"
+            assert "subscription" in message
+            assert app.position == 0
+
     async def test_closing_ends_the_subscription(self, tmp_path: Path) -> None:
         """When the client goes away its subscription is dropped from the app."""
         async with serving(tmp_path) as (app, server):
