@@ -56,6 +56,7 @@ class GatedLog:
         self.arrived: dict[int, anyio.Event] = {}
         self.gates: dict[int, anyio.Event] = {}
         self.failing: set[int] = set()
+        self.sizes: list[int] = []  # events per append, in order
 
     def hold(self, n: int) -> anyio.Event:
         """Hold append ``n`` until the returned event is set."""
@@ -69,6 +70,7 @@ class GatedLog:
     async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
         self.calls += 1
         n = self.calls
+        self.sizes.append(len(rows))
         self.reached(n).set()
         gate = self.gates.get(n)
         if gate is not None:
@@ -167,6 +169,66 @@ def positions(published: list[Batch]) -> list[int]:
 async def settle(futures: Sequence[asyncio.Future[Receipt]]) -> list[Receipt | BaseException]:
     with anyio.fail_after(10):
         return await asyncio.gather(*futures, return_exceptions=True)
+
+
+async def two_groups(writer: Writer, log: GatedLog, probe: Probe, size: int) -> tuple[list[Any], list[Any]]:
+    """Group A (``size`` deposits) held in its commit (append 2) while group B (``size`` more) is decided."""
+    with anyio.fail_after(10):
+        await writer.submit(Open(account="a"))
+    release = log.hold(2)
+    group_a = [writer.submit_nowait(Deposit(account="a", amount=1)) for _ in range(size)]
+    with anyio.fail_after(10):
+        await log.reached(2).wait()
+    commands_b = [Deposit(account="a", amount=2) for _ in range(size)]
+    group_b = [writer.submit_nowait(command) for command in commands_b]
+    with anyio.fail_after(10):
+        await probe.when(commands_b[-1]).wait()
+    release.set()
+    return group_a, group_b
+
+
+class TestGathering:
+    async def test_callers_just_acknowledged_join_the_next_commit(self, db: Path) -> None:
+        """A's 20 callers send again once acknowledged: their commands join B's commit, not one of their own."""
+        probe = Probe()
+        async with serving(db, probe, gather=1.0) as (writer, log, _, _):
+            group_a, group_b = await two_groups(writer, log, probe, 20)
+            await settle(group_a)
+            group_c = [writer.submit_nowait(Deposit(account="a", amount=3)) for _ in range(20)]
+            await settle(group_b + group_c)
+        assert log.sizes == [1, 20, 40]
+
+    async def test_without_gathering_the_groups_alternate(self, db: Path) -> None:
+        probe = Probe()
+        async with serving(db, probe, gather=0) as (writer, log, _, _):
+            group_a, group_b = await two_groups(writer, log, probe, 20)
+            await settle(group_a)
+            group_c = [writer.submit_nowait(Deposit(account="a", amount=3)) for _ in range(20)]
+            await settle(group_b + group_c)
+        assert log.sizes == [1, 20, 20, 20]
+
+    async def test_the_wait_is_bounded_when_nobody_comes_back(self, db: Path) -> None:
+        probe = Probe()
+        async with serving(db, probe, gather=0.05) as (writer, log, _, _):
+            group_a, group_b = await two_groups(writer, log, probe, 20)
+            assert len(await settle(group_a + group_b)) == 40  # B commits after at most the bound
+        assert log.sizes == [1, 20, 20]
+
+    async def test_a_lone_caller_never_waits(self, db: Path) -> None:
+        """After a commit of fewer than 16 commands there is no gathering: B commits at once even with an
+        hour-long bound (settle gives up after 10 s)."""
+        probe = Probe()
+        async with serving(db, probe, gather=1.0) as (writer, log, _, _):
+            writer._gather_for = 3600.0  # past the constructor's bound: only the 16-command rule can save B
+            group_a, group_b = await two_groups(writer, log, probe, 1)
+            results = await settle(group_a + group_b)
+            assert all(isinstance(r, Receipt) for r in results)
+        assert log.sizes == [1, 1, 1]
+
+    async def test_gather_is_validated(self, db: Path) -> None:
+        with pytest.raises(ValueError, match="gather"):
+            async with serving(db, Probe(), gather=-1):
+                pass
 
 
 class TestCommitFailure:
