@@ -17,7 +17,7 @@ import anyio
 import msgspec
 import structlog
 
-from .._errors import BadRequest, CQRSError
+from .._errors import BadRequest, CQRSError, Overloaded
 from .._messages import bad_request_from
 from ._errors import TooLarge, Unauthorized
 from ._framing import LineSplitter, Ok, ReceiptResult, encode_error, encode_events, encode_ok, encode_oks
@@ -55,6 +55,7 @@ class Connection(asyncio.Protocol):
         self.subscribed = False
         self.read_paused = False
         self._write_paused = False
+        self.held = False  # a command met a full writer queue: nothing more is read until it has room
         self._writable: asyncio.Future[None] | None = None
         self.draining = False  # close once nothing is in flight (too_large, bad auth, server stop)
         self._closed = False
@@ -193,13 +194,26 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._closed:
             return
-        pause = self.draining or self._write_paused or self.in_flight >= self._cap or bool(self._backlog)
+        pause = self.draining or self._write_paused or self.held or self.in_flight >= self._cap or bool(self._backlog)
         if pause != self.read_paused:
             self.read_paused = pause
             if pause:
                 transport.pause_reading()
             else:
                 transport.resume_reading()
+
+    def hold(self) -> None:
+        """The writer's queue is full: this client gets ``overloaded`` for what it already sent, then waits
+        (reading stops, TCP pushes back) until the server sees room again (:meth:`Server.hold`). A flood
+        then costs the loop what the writer can take, not a parse and a refusal per extra request, so
+        the writer keeps its throughput and other connections' queries their latency."""
+        self.held = True
+        self._server.hold(self)
+        self._update_reading()
+
+    def unhold(self) -> None:
+        self.held = False
+        self._update_reading()
 
     def _check_idle(self) -> None:
         self._idle = None
@@ -364,6 +378,8 @@ class Connection(asyncio.Protocol):
             self.error(request_id, bad_request_from(exc))
         elif isinstance(exc, CQRSError):
             self.error(request_id, exc)
+            if isinstance(exc, Overloaded) and not self.held:
+                self.hold()
         else:
             _log.error("request_crashed", request_id=request_id, exc_info=exc)
             self.error(request_id, internal(exc))

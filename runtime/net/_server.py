@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, final
 import anyio
 import structlog
 
-from .._errors import ActorStopped
+from .._errors import ActorStopped, CQRSError
 from ._connection import Connection
 from ._framing import DEFAULT_MAX_LINE
 from ._ops import Ops
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["Server", "ServerStatistics", "Upstream"]
 
 _log = structlog.get_logger("soloist.server")
+_ROOM_CHECK = 0.002  # seconds between looks at the writer's queue while connections are held
 
 
 class Upstream(Protocol):
@@ -117,6 +118,8 @@ class Server:
         self._tg: TaskGroup | None = None
         self.ops: Ops | None = None  # made in serve(), on the loop that serves
         self._connections: set[Connection] = set()
+        self._held: set[Connection] = set()  # waiting for room in the writer's queue (Connection.hold)
+        self._room_check: asyncio.TimerHandle | None = None
         self._stopping = False
         self._all_closed: anyio.Event | None = None
         self._peak = 0
@@ -218,8 +221,32 @@ class Server:
             self._peak = len(self._connections)
         return True
 
+    def hold(self, conn: Connection) -> None:
+        """Keep ``conn`` from reading until the writer's queue is at most half full (checked every 2 ms
+        while anyone is held: a timer only under overload, nothing on the normal path)."""
+        self._held.add(conn)
+        if self._room_check is None:
+            self._room_check = asyncio.get_running_loop().call_later(_ROOM_CHECK, self._check_room)
+
+    def _check_room(self) -> None:
+        self._room_check = None
+        if not self._held:
+            return
+        try:
+            stats = self.app.writer.statistics()
+            room = stats.queue_depth * 2 <= stats.queue_capacity
+        except CQRSError:  # no writer any more (stopping, stepped down): let them read and be answered
+            room = True
+        if room:
+            held, self._held = self._held, set()
+            for conn in held:
+                conn.unhold()
+        else:
+            self._room_check = asyncio.get_running_loop().call_later(_ROOM_CHECK, self._check_room)
+
     def _unregister(self, conn: Connection) -> None:
         self._connections.discard(conn)
+        self._held.discard(conn)
         if not self._connections and self._all_closed is not None:
             self._all_closed.set()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -97,3 +97,36 @@ class TestOverload:
                         await conn.send(b"".join(map(_deposit, keys)))
                         assert all([(await conn.answer())["ok"] is True for _ in keys])
             assert app.writer.states["account-a"] == Account(balance=CONNECTIONS * PER_CONNECTION)
+
+
+class TestAFloodWaits:
+    async def test_a_refused_client_is_not_read_until_the_writer_has_room(self, tmp_path: Path) -> None:
+        """Once a connection got ``overloaded``, the server stops reading it (TCP pushes back: the client
+        waits) until the writer's queue is half empty: what it sends meanwhile is read then, and done.
+
+        The writer is stalled for real: another SQLite connection holds the write lock, so the writer's
+        commit waits (up to its 5 s busy timeout) and its queue fills."""
+        options = {"queue_capacity": 4, "max_batch": 1}
+        async with serving(tmp_path, app_options=options) as (app, server), raw(server) as conn:
+            await app.execute(Open(account="a"))
+            blocker = sqlite3.connect(tmp_path / "bank.db", isolation_level=None)
+            try:
+                blocker.execute("BEGIN IMMEDIATE")  # the writer's next commit waits for this lock
+                await conn.send(b"".join(_deposit(f"first-{i}") for i in range(20)))
+                first: dict[object, dict[str, Any]] = {}
+                with anyio.fail_after(10):
+                    while not any(not a["ok"] for a in first.values()):  # until the first refusal
+                        answer = await conn.answer()
+                        first[answer["id"]] = answer
+                assert server.statistics().paused == 1  # held: nothing more is read from it
+                await conn.send(b"".join(_deposit(f"later-{i}") for i in range(2)))
+            finally:
+                blocker.execute("ROLLBACK")  # the writer commits, its queue drains, the client is read again
+                blocker.close()
+            with anyio.fail_after(10):
+                rest = await conn.answers(20 + 2 - len(first))
+        answers = {**first, **rest}
+        assert all(answers[f"later-{i}"]["ok"] for i in range(2))  # sent while held: done, not refused
+        refused = {key for key, a in answers.items() if not a["ok"]}
+        assert {answers[key]["error"]["code"] for key in refused} == {"overloaded"}
+        assert not refused & _keys_in_log(tmp_path / "bank.db")
