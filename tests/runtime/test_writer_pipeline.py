@@ -188,24 +188,19 @@ async def two_groups(writer: Writer, log: GatedLog, probe: Probe, size: int) -> 
 
 
 class TestGathering:
-    async def test_callers_just_acknowledged_join_the_next_commit(self, db: Path) -> None:
-        """A's 20 callers send again once acknowledged: their commands join B's commit, not one of their own."""
+    @pytest.mark.parametrize(("gather", "sizes"), [(1.0, [1, 20, 40]), (0, [1, 20, 20, 20])])
+    async def test_callers_just_acknowledged_join_the_next_commit(
+        self, db: Path, gather: float, sizes: list[int]
+    ) -> None:
+        """A's 20 callers send again once acknowledged: their commands join B's commit, not one of their own
+        (with gather=0, the groups alternate: B alone, then A's second round alone)."""
         probe = Probe()
-        async with serving(db, probe, gather=1.0) as (writer, log, _, _):
+        async with serving(db, probe, gather=gather) as (writer, log, _, _):
             group_a, group_b = await two_groups(writer, log, probe, 20)
             await settle(group_a)
             group_c = [writer.submit_nowait(Deposit(account="a", amount=3)) for _ in range(20)]
             await settle(group_b + group_c)
-        assert log.sizes == [1, 20, 40]
-
-    async def test_without_gathering_the_groups_alternate(self, db: Path) -> None:
-        probe = Probe()
-        async with serving(db, probe, gather=0) as (writer, log, _, _):
-            group_a, group_b = await two_groups(writer, log, probe, 20)
-            await settle(group_a)
-            group_c = [writer.submit_nowait(Deposit(account="a", amount=3)) for _ in range(20)]
-            await settle(group_b + group_c)
-        assert log.sizes == [1, 20, 20, 20]
+        assert log.sizes == sizes
 
     async def test_the_wait_is_bounded_when_nobody_comes_back(self, db: Path) -> None:
         probe = Probe()
