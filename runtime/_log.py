@@ -40,7 +40,7 @@ from ._messages import RecordedEvent, TypeRegistry
 from ._store import EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 __all__ = ["EventLog", "EventRow", "KeyRow", "LogReader", "LogScanner", "StoredKey"]
 
@@ -165,6 +165,20 @@ def check_contiguous(where: str | Path, after: int, events: Sequence[RecordedEve
             f"{where}: positions after {after} are not contiguous (expected {after + 1}, "
             f"found {first}..{last} in {len(events)} rows); the log was edited by hand"
         )
+
+
+async def replay_reads(
+    read: Callable[[int, int], Awaitable[list[RecordedEvent]]], where: str, after: int, upto: int, chunk: int
+) -> AsyncIterator[list[RecordedEvent]]:
+    """``EventStore.replay`` for an adapter whose ``read(after, limit)`` is already fast: every event above
+    ``after`` up to ``upto``, ``chunk`` at a time, each chunk gap-checked (:class:`LogCorrupted`)."""
+    while after < upto:
+        events = await read(after, min(chunk, upto - after))
+        if not events:
+            return
+        check_contiguous(where, after, events)
+        after = events[-1].position
+        yield events
 
 
 @final

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, final
 import anyio
 
 from ._errors import ConcurrencyError, PersistenceError
-from ._log import check_contiguous, decode_rows
+from ._log import decode_rows, replay_reads
 from ._store import EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
@@ -161,14 +161,8 @@ class MemoryStore:
                 hi = mid
         return decode_rows(rows[lo : lo + max(limit, 0)], self._events)
 
-    async def replay(self, after: int, upto: int) -> AsyncIterator[list[RecordedEvent]]:
-        while after < upto:
-            events = await self.read(after, min(2000, upto - after))
-            if not events:
-                return
-            check_contiguous(self.where, after, events)
-            after = events[-1].position
-            yield events
+    def replay(self, after: int, upto: int) -> AsyncIterator[list[RecordedEvent]]:
+        return replay_reads(self.read, self.where, after, upto, 2000)
 
     async def read_stream(self, stream: str) -> list[RecordedEvent]:
         log = self._check_open()

@@ -36,7 +36,7 @@ import asyncpg
 import structlog
 
 from ._errors import ConcurrencyError, Fenced, LogCorrupted, PersistenceError, ReadOnlyStorage, StorageFull
-from ._log import StoredRow, check_contiguous, decode_rows
+from ._log import StoredRow, decode_rows, replay_reads
 from ._store import EventRow, KeyRow, StoredKey
 
 if TYPE_CHECKING:
@@ -475,14 +475,8 @@ class PostgresStore:
             raise self._translate(exc, f"reading after position {after}") from exc
         return decode_rows(_rows(records), self._events)
 
-    async def replay(self, after: int, upto: int) -> AsyncIterator[list[RecordedEvent]]:
-        while after < upto:
-            events = await self.read(after, min(4000, upto - after))
-            if not events:
-                return
-            check_contiguous(self.where, after, events)
-            after = events[-1].position
-            yield events
+    def replay(self, after: int, upto: int) -> AsyncIterator[list[RecordedEvent]]:
+        return replay_reads(self.read, self.where, after, upto, 4000)
 
     async def read_stream(self, stream: str) -> list[RecordedEvent]:
         try:
