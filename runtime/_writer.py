@@ -536,10 +536,10 @@ class Writer:
         commit must have acknowledged at least _GATHER_FROM commands), nor does an idle writer (nothing
         pending: the committer sleeps until something is decided).
         """
-        pending, wake = self._pending, self._wake
-        want = sum(d.commands for d in pending) + (released * 4) // 5
+        wake = self._wake
+        want = self._undurable + (released * 4) // 5  # nothing is in flight here: undurable = what waits
         with anyio.move_on_after(self._gather_for):
-            while not self._draining and sum(d.commands for d in pending) < want:
+            while not self._draining and self._undurable < want:
                 wake.clear()
                 await wake.wait()
 
