@@ -50,7 +50,7 @@ from soloist_shop.commands import AddProduct, Restock
 from soloist_shop.wiring import DOMAIN
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTS = 100
@@ -68,16 +68,15 @@ async def database(server: str) -> AsyncIterator[str]:
         await admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-async def submit_for(seconds: float, submitters: int, execute: object) -> dict[str, float]:
-    """``submitters`` tasks each awaiting ``execute(n, i)`` in a loop until the deadline: commands/s, p50, p99."""
+async def submit_for(seconds: float, submitters: int, run: Callable[[int, int], Awaitable[None]]) -> dict[str, float]:
+    """``submitters`` tasks each awaiting ``run(n, i)`` in a loop until the deadline: commands/s, p50, p99."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
-    run = execute  # (n, i) -> awaitable
 
     async def submitter(n: int) -> None:
         clock, record, i = time.perf_counter, latencies.append, 0
         while (t0 := clock()) < deadline:
-            await run(n, i)  # type: ignore[operator]
+            await run(n, i)
             record(clock() - t0)
             i += 1
 

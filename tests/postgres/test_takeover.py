@@ -113,9 +113,11 @@ class TestReplicaProcessOfAPostgresWriter:
             async with soloist(
                 tmp_path / "replica.log", "replica", "--upstream", writer.address, "--db", str(replica_db)
             ) as replica:
+                head = receipt["position"]
+                assert isinstance(head, int)
                 async with Client.connect(port=replica.port) as client:
                     balance, position = await client.query(
-                        "Balance", {"account": "a"}, consistency="session", min_position=int(str(receipt["position"]))
+                        "Balance", {"account": "a"}, consistency="session", min_position=head
                     )
                 assert await replica.terminate() == 0
         assert (balance, position) == (12, 3)
