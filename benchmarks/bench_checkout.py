@@ -132,7 +132,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--submitters", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="about a minute: 1 run, 1 s windows")
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.seconds = 1, 1.0
     configure_logging(level="warning")
     runs: dict[str, list[dict[str, float]]] = {"plain": [], "token": [], "latency": []}
     with tempfile.TemporaryDirectory() as tmp:

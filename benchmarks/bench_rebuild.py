@@ -18,7 +18,7 @@ then ``ProductRestocked`` events, written directly, synchronous=FULL afterwards.
    as the longest rebuild, no rebuild. Reported: rebuild
    events/s (the log's head at the swap / the rebuild's wall time), commands/s achieved, query p50/p99/max.
 
-    python benchmarks/bench_rebuild.py [--events 200000 | --full] [--seconds 3] [--chunks 500,4000]
+    python benchmarks/bench_rebuild.py [--quick | --events 200000 | --full] [--seconds 3] [--chunks 500,4000]
 """
 
 from __future__ import annotations
@@ -226,11 +226,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--full", action="store_true", help="1M events")
+    parser.add_argument("--quick", action="store_true", help="about a minute: 50k events, 1 s windows, one chunk size")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument(
         "--chunks", default="500,4000", help="rebuild chunk sizes to compare, comma-separated (default 500,4000)"
     )
     args = parser.parse_args()
+    if args.quick:
+        args.events, args.seconds, args.chunks = 50_000, 1.0, "500"
     events = 1_000_000 if args.full else args.events
     configure_logging("warning")
     results: dict[str, Any] = {"machine": machine(), "events": events}

@@ -3,7 +3,8 @@
 A progress bar (tqdm, from the ``bench`` extra) counts the benchmarks; each benchmark shows its own
 steps and prints its tables. ``--quick`` passes each one's short mode (about a minute each). Then
 ``benchmarks/report.py`` turns ``benchmarks/results/*.json`` into the Markdown table and plots.
-The PostgreSQL benchmark runs only when a server answers on 127.0.0.1:5432 (it says so otherwise).
+The PostgreSQL benchmarks run only when a server answers on 127.0.0.1:5432, the JetStream one only where
+``nats-server`` is installed (each says so otherwise).
 
     python benchmarks/run_all.py [--quick] [--only NAME ...] [--no-report]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,12 +30,29 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {
     "bench_metrics_overhead": ("--quick",),
     "bench_failover": ("--quick",),
     "bench_postgres": ("--runs", "1", "--seconds", "0.5", "--read-events", "10000"),
+    "bench_overload": ("--quick",),
+    "bench_rebuild": ("--quick",),
+    "bench_checkout": ("--quick",),
+    "bench_jetstream": ("--quick",),
 }
 
 
 def command(name: str, *, quick: bool) -> list[str]:
     """The command line that runs benchmark ``name`` (the same one the tests run)."""
     return [sys.executable, str(HERE / f"{name}.py"), *(BENCHMARKS[name] if quick else ())]
+
+
+def nats_server_installed() -> bool:
+    return shutil.which("nats-server") is not None or Path("/usr/sbin/nats-server").exists()
+
+
+def missing(name: str) -> str | None:
+    """Why benchmark ``name`` cannot run on this machine, or None."""
+    if name in ("bench_postgres", "bench_failover") and not postgres_answers():
+        return "no PostgreSQL on 127.0.0.1:5432"
+    if name == "bench_jetstream" and not nats_server_installed():
+        return "no nats-server installed"
+    return None
 
 
 def postgres_answers(host: str = "127.0.0.1", port: int = 5432) -> bool:
@@ -60,8 +79,9 @@ def main() -> int:
     for name in names:
         if bar is not None:
             bar.set_description(name)
-        if name == "bench_postgres" and not postgres_answers():
-            print(f"\n== {name}: skipped, no PostgreSQL on 127.0.0.1:5432", flush=True)
+        reason = missing(name)
+        if reason is not None:
+            print(f"\n== {name}: skipped, {reason}", flush=True)
         else:
             print(f"\n== {name} {'(quick)' if args.quick else ''}", flush=True)
             started = time.perf_counter()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run_all import BENCHMARKS, command, postgres_answers
+from benchmarks.run_all import BENCHMARKS, command, missing
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "benchmarks" / "report.py"
@@ -108,10 +108,11 @@ class TestQuickModes:
     @pytest.mark.parametrize("name", sorted(BENCHMARKS))
     def test_quick_mode_writes_its_json(self, name: str, tmp_path: Path) -> None:
         """Each benchmark's quick mode (as `make bench QUICK=1` runs it) ends 0 and writes JSON with the versions."""
-        if name == "bench_postgres" and not postgres_answers():
+        reason = missing(name)
+        if reason is not None:
             if os.environ.get("CI") == "true":
-                pytest.fail("CI=true and no PostgreSQL on 127.0.0.1:5432", pytrace=False)
-            pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+                pytest.fail(f"CI=true and {reason}", pytrace=False)
+            pytest.skip(reason)
         done = run(command(name, quick=True), env={"SOLOIST_BENCH_RESULTS": str(tmp_path)}, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         written = list(tmp_path.glob("*.json"))
