@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 _log = structlog.get_logger("soloist.server")
+_LINGER = 2.0  # seconds a refused client has to read its answer and close before the connection is closed
 _UNAUTHORIZED: Final = 'this server needs a token: send {"op": "auth", "token": ...} first'
 
 
@@ -58,6 +59,9 @@ class Connection(asyncio.Protocol):
         self.held = False  # a command met a full writer queue: nothing more is read until it has room
         self._writable: asyncio.Future[None] | None = None
         self.draining = False  # close once nothing is in flight (too_large, bad auth, server stop)
+        self._linger = False  # at that close, send FIN and read until the client closes (see _maybe_close)
+        self._lingering = False
+        self._peer_closed = False
         self._closed = False
         self._pump_scope: anyio.CancelScope | None = None
         self._last = self._loop.time()
@@ -117,7 +121,7 @@ class Connection(asyncio.Protocol):
                 max_line = self._server.max_line
                 error = TooLarge(f"a request line is longer than {max_line} bytes; the connection is closed")
                 self.error(None, error)
-                self.drain_then_close()
+                self.drain_then_close(linger=True)
         except Exception as exc:  # pragma: no cover - _handle catches per request; this is the last net
             _log.error("connection_crashed", exc_info=exc)
             self.abort()
@@ -130,8 +134,9 @@ class Connection(asyncio.Protocol):
         A last line without its ``\n`` is a request too. A subscribed client that half-closes keeps
         receiving its stream until it closes the connection (or the server stops).
         """
-        if self._closed:
-            return False
+        if self._closed or self._lingering:
+            return False  # lingering: the refused client has closed its side too, so the transport closes
+        self._peer_closed = True
         last = self._splitter.finish()
         if last and not self.draining:
             if self._backlog:
@@ -194,7 +199,13 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._closed:
             return
-        pause = self.draining or self._write_paused or self.held or self.in_flight >= self._cap or bool(self._backlog)
+        pause = (
+            (self.draining and not self._lingering)
+            or self._write_paused
+            or self.held
+            or self.in_flight >= self._cap
+            or bool(self._backlog)
+        )
         if pause != self.read_paused:
             self.read_paused = pause
             if pause:
@@ -248,19 +259,35 @@ class Connection(asyncio.Protocol):
         if self._transport is not None and not self._closed:
             self._transport.abort()
 
-    def drain_then_close(self) -> None:
+    def drain_then_close(self, *, linger: bool = False) -> None:
+        """Take no new request, answer those in flight, then close.
+
+        ``linger`` (a refused client: too_large, bad auth) closes gracefully: closing a socket whose
+        client is still sending resets the connection, and a reset can destroy the error answer before the
+        client reads it. So the answers go out with a FIN, what the client still sends is read and dropped,
+        and the connection closes when the client closes its side (or after ``_LINGER`` seconds).
+        """
         self.draining = True
+        self._linger = self._linger or linger
         self._backlog.clear()
         self._update_reading()
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self.draining and not self.in_flight and not self._closed:
+        if self.draining and not self.in_flight and not self._closed and not self._lingering:
             if self._pump_scope is not None:
                 self._pump_scope.cancel()  # a subscribed connection that sent a too-large line, say
             self._flush()
-            if self._transport is not None:
-                self._transport.close()  # flushes what is buffered, then closes
+            transport = self._transport
+            if transport is None:
+                return
+            if self._linger and not self._peer_closed and transport.can_write_eof():
+                self._lingering = True
+                transport.write_eof()  # after what is buffered
+                self._update_reading()  # read again: data_received drops what comes while draining
+                self._loop.call_later(_LINGER, transport.close)
+            else:
+                transport.close()  # flushes what is buffered, then closes
 
     # -- writing --------------------------------------------------------------------------------------
 

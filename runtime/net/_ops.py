@@ -191,7 +191,7 @@ class Ops:
         if not self._server.token_matches(request.token):
             conn.error(request.id, Unauthorized("wrong token; the connection is closed"))
             _log.warning("auth_failed")
-            conn.drain_then_close()
+            conn.drain_then_close(linger=True)
             return
         conn.authed = True
         conn.ok(request.id, True, self._app.position)

@@ -254,6 +254,22 @@ class TestErrors:
                 await conn.request(id=3, op="ping")
                 assert (await conn.answer())["ok"]
 
+    async def test_a_refused_client_still_sending_reads_its_answer_then_eof(self, tmp_path: Path) -> None:
+        """A client still sending past the limit is not reset: it reads its answers, then the server's EOF.
+
+        Closing a socket that has unread data resets the connection (and a reset can destroy answers not
+        yet read): the server sends its answers with a FIN and drops what still comes until the client closes.
+        """
+        async with serving(tmp_path, max_line=100) as (_, server), raw(server) as conn:
+            await conn.send(line(id=1, op="ping"))
+            for _ in range(64):  # 4 MiB past the limit: more than the sockets' buffers hold
+                await conn.send(b"x" * 65536)
+            first, second = await conn.answer(), await conn.answer()
+            assert first["id"] == 1
+            assert error_of(second)[0] == "too_large"
+            with pytest.raises(anyio.EndOfStream):  # a clean end, not a reset
+                await conn.stream.receive()
+
 
 class TestPipelining:
     async def test_answers_out_of_order(self, tmp_path: Path) -> None:
