@@ -6,7 +6,8 @@ The yardstick of issue 8. Real processes on 127.0.0.1, each on a fresh SQLite fi
 - **baseline**: ``python benchmarks/baseline_server.py --db <tmp>/baseline.db`` (one writer task, group
   commit, one dict read model, orjson; see its docstring);
 - **echo**: this script with ``--serve-echo PORT``: an asyncio ``Protocol`` on uvloop with the same framing that
-  answers each line with a fixed tiny answer (the ceiling for queries);
+  answers each line with a fixed tiny answer (the wire's ceiling: for queries, and for (b) what the same
+  callers get when nothing is decided or made durable);
 - **floor** for durable commands: a raw ``sqlite3`` loop, one ``INSERT`` + ``commit`` per command (WAL,
   ``synchronous=FULL``), no socket, in the load generator's process (what one transaction per command gives).
 
@@ -22,8 +23,8 @@ Load shapes (one load-generator process: uvloop, raw ``asyncio.Protocol`` client
 - **(c)** ``--conns`` (16) connections, each with ``--conn-depth`` (100) ``GetProduct`` queries in flight (one
   more per answer).
 
-Within each run and shape the servers are measured one after another (soloist, baseline, then echo or the
-floor), ``--runs`` (3) runs; tables show medians over runs and ratios are medians of per-run ratios (the host is
+Within each run and shape the servers are measured one after another (soloist, baseline, then the floor
+and/or echo), ``--runs`` (3) runs; tables show medians over runs and ratios are medians of per-run ratios (the host is
 shared and noisy: neighbouring measurements are compared). Each measurement warms up ``--warmup`` s, then counts
 answers for ``--seconds`` s. The figure that explains a gap is the server's CPU time per answer: utime + stime
 of the server process (all threads) from ``/proc/PID/stat``, read right before and after the timed window, in
@@ -498,16 +499,21 @@ def main() -> None:
             parser.error(f"--{name.replace('_', '-')} must be within 1..1024 (soloist's in-flight cap)")
 
     shapes = {
-        "a": (f"(a) 1 conn, batches of {args.batch} GetProduct", 1, args.batch, "echo"),
+        "a": (f"(a) 1 conn, batches of {args.batch} GetProduct", 1, args.batch, ("echo",)),
         "b": (
             f"(b) {args.callers_conns} conns x {args.callers} callers, PlaceOrder",
             args.callers_conns,
             args.callers,
-            "floor",
+            ("floor", "echo"),  # echo: the wire's ceiling for this shape (a pong per line, nothing durable)
         ),
-        "c": (f"(c) {args.conns} conns x {args.conn_depth} pipelined GetProduct", args.conns, args.conn_depth, "echo"),
+        "c": (
+            f"(c) {args.conns} conns x {args.conn_depth} pipelined GetProduct",
+            args.conns,
+            args.conn_depth,
+            ("echo",),
+        ),
     }
-    refs = {shape: spec[3] for shape, spec in shapes.items()}  # the reference each shape is compared with
+    refs = {shape: spec[3] for shape, spec in shapes.items()}  # the references each shape is compared with
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="soloist-bench-socket-"))
@@ -524,7 +530,7 @@ def main() -> None:
     }
     servers["echo"].argv[-2] = "--serve-echo"
     measures = {
-        (shape, name): Measure(shape, name) for shape in shapes for name in ("soloist", "baseline", refs[shape])
+        (shape, name): Measure(shape, name) for shape in shapes for name in ("soloist", "baseline", *refs[shape])
     }
     pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     try:
@@ -570,26 +576,26 @@ def main() -> None:
     # -- the table ---------------------------------------------------------------------------------------
     rows: list[list[object]] = []
     ratios: dict[str, dict[str, float]] = {}
-    for shape, (label, _, _, ref) in shapes.items():
-        base, reference = measures[(shape, "baseline")], measures[(shape, ref)]
-        ratios[shape] = {
-            "soloist_vs_baseline": measures[(shape, "soloist")].ratio(base),
-            f"soloist_vs_{ref}": measures[(shape, "soloist")].ratio(reference),
-            f"baseline_vs_{ref}": base.ratio(reference),
-        }
-        for name in ("soloist", "baseline", ref):
+    nan = float("nan")
+    for shape, (label, _, _, shape_refs) in shapes.items():
+        base = measures[(shape, "baseline")]
+        ratios[shape] = {"soloist_vs_baseline": measures[(shape, "soloist")].ratio(base)}
+        for ref in shape_refs:
+            ratios[shape][f"soloist_vs_{ref}"] = measures[(shape, "soloist")].ratio(measures[(shape, ref)])
+            ratios[shape][f"baseline_vs_{ref}"] = base.ratio(measures[(shape, ref)])
+        for name in ("soloist", "baseline", *shape_refs):
             m = measures[(shape, name)]
-            vs_base = m.ratio(base) if name == "soloist" else float("nan")
-            vs_ref = m.ratio(reference) if name != ref else float("nan")
+            vs_base = m.ratio(base) if name == "soloist" else nan
+            vs = [m.ratio(measures[(shape, r)]) if r in shape_refs and r != name else nan for r in ("floor", "echo")]
             errors = sum(int(r["errors"]) for r in m.runs)
             us = [m.med(f"server{part}_us_per_req") for part in ("", "_user", "_sys")]
-            rows.append([label, name, m.med("per_s"), *us, _x(vs_base), _x(vs_ref), ref, errors])
+            rows.append([label, name, m.med("per_s"), *us, _x(vs_base), *map(_x, vs), errors])
     title = (
         f"Over TCP, median of {args.runs} x {args.seconds:g} s (shared, noisy 2-core host: medians; ratios are "
         "medians of per-run ratios)\nserver us/req: server process CPU (user+system, all threads, /proc/PID/stat) "
         "per answer (user, sys: its split); floor: one INSERT+COMMIT per command, no socket"
     )
-    headers = ["workload", "server", "per s", "server us/req", "user", "sys", "soloist/baseline", "vs ref", "ref"]
+    headers = ["workload", "server", "per s", "server us/req", "user", "sys", "soloist/baseline", "vs floor", "vs echo"]
     headers.append("errors")
     print_table(title, headers, rows)
     notes = {s.name: s.notes for s in servers.values() if s.notes}
