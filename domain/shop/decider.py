@@ -285,6 +285,13 @@ def _cancel_order(command: CancelOrder, states: Mapping[str, State]) -> list[Eve
     order = _existing_order(states, command.order_id)
     if order.status != PLACED:
         raise RuleViolation(f"cannot cancel order {order.order_id!r}: it is already {order.status}")
+    if order.payment == "pending":
+        # The capture may be in flight: cancelling now could leave a charged, cancelled order. The checkout's own
+        # cancel comes only after PaymentDeclined (on a decline, or after voiding at its deadline), never here.
+        raise RuleViolation(
+            f"cannot cancel order {order.order_id!r}: its payment is pending; retry once the checkout has "
+            "recorded it (captured or declined, at the latest after the payment deadline)"
+        )
     lines = tuple(CancelledLine(sku=sku, quantity=quantity) for sku, quantity in order.lines)
     return [OrderCancelled(order_id=order.order_id, lines=lines, reason=command.reason)]
 
@@ -294,6 +301,12 @@ def _ship_order(command: ShipOrder, states: Mapping[str, State]) -> list[Event]:
     order = _existing_order(states, command.order_id)
     if order.status != PLACED:
         raise RuleViolation(f"cannot ship order {order.order_id!r}: it is already {order.status}")
+    if order.payment == "pending":
+        raise RuleViolation(
+            f"cannot ship order {order.order_id!r}: its payment is pending; ship it once the payment is captured"
+        )
+    if order.payment == "declined":  # between PaymentDeclined and the checkout's CancelOrder: do not ship it unpaid
+        raise RuleViolation(f"cannot ship order {order.order_id!r}: its payment was declined")
     return [OrderShipped(order_id=order.order_id)]
 
 

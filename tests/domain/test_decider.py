@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pickle
+import re
 import typing
 from types import MappingProxyType
 
 import msgspec
 import pytest
 
+from soloist.testing import decider
 from soloist_shop.commands import (
     COMMANDS,
     AddProduct,
@@ -47,6 +49,7 @@ from soloist_shop.events import (
 from soloist_shop.queries import QUERIES, SearchProducts
 from soloist_shop.seed import seed_commands
 from soloist_shop.state import CustomerState, OrderState, ProductState
+from soloist_shop.wiring import DOMAIN
 
 from .shop_harness import ShopHarness, add_product, place, register
 
@@ -326,62 +329,120 @@ class TestPlaceOrder:
         )
 
 
+# -- orders, as soloist.testing scenarios: given the committed events, when a command, then events or a rejection
+
+ADA = CustomerRegistered(customer_id="c-ada", name="Ada Lovelace", email="ada@example.com")
+KETTLE = ProductAdded(sku="A1", name="Kettle", category="misc", price_cents=250, stock=3, description="")
+MUG = ProductAdded(sku="B2", name="Mug", category="misc", price_cents=100, stock=5, description="")
+SHOP = (ADA, KETTLE, MUG)  # the `shop` fixture's catalogue, as events
+
+
+def placed(order_id: str, *lines: tuple[str, int]) -> OrderPlaced:
+    """The OrderPlaced of c-ada's order of (sku, quantity) pairs of the catalogue above."""
+    names = {"A1": ("Kettle", 250), "B2": ("Mug", 100)}
+    return OrderPlaced(
+        order_id=order_id,
+        customer_id="c-ada",
+        customer_name="Ada Lovelace",
+        lines=tuple(
+            OrderLine(sku=sku, name=names[sku][0], quantity=quantity, unit_price_cents=names[sku][1])
+            for sku, quantity in lines
+        ),
+        reserves_stock=True,
+    )
+
+
+def cancelled(order_id: str, *lines: tuple[str, int], reason: str = "") -> OrderCancelled:
+    """The OrderCancelled giving back (sku, quantity) pairs."""
+    back = tuple(CancelledLine(sku=sku, quantity=quantity) for sku, quantity in lines)
+    return OrderCancelled(order_id=order_id, lines=back, reason=reason)
+
+
+def exactly(message: str) -> str:
+    """A then_rejected pattern that matches ``message`` and nothing longer."""
+    return f"^{re.escape(message)}$"
+
+
+O1 = placed("o-1", ("A1", 1))
+PENDING = PaymentRequested(order_id="o-1", token="tok", amount_cents=250)
+
+
 class TestCancelOrder:
-    def test_emits_one_cancelled_that_gives_each_line_back(self, shop: ShopHarness) -> None:
+    def test_emits_one_cancelled_that_gives_each_line_back(self) -> None:
         """Cancelling emits one OrderCancelled carrying the lines whose stock it gives back."""
-        shop.execute(place("o-1", "c-ada", ("A1", 3), ("B2", 1)))
-        lines = (CancelledLine(sku="A1", quantity=3), CancelledLine(sku="B2", quantity=1))
-        assert shop.execute(CancelOrder(order_id="o-1")) == [OrderCancelled(order_id="o-1", lines=lines)]
-        assert (stock_of(shop, "A1"), stock_of(shop, "B2")) == (3, 5)
-        assert order_state(shop, "o-1").status == "cancelled"
+        scenario = decider(DOMAIN).given(*SHOP, placed("o-1", ("A1", 3), ("B2", 1)))
+        scenario.when(CancelOrder(order_id="o-1")).then(cancelled("o-1", ("A1", 3), ("B2", 1)))
 
-    def test_released_stock_can_be_ordered_again(self, shop: ShopHarness) -> None:
+    def test_released_stock_can_be_ordered_again(self) -> None:
         """Units released by a cancellation are available to the next order."""
-        shop.execute(place("o-1", "c-ada", ("A1", 3)))
-        shop.execute(CancelOrder(order_id="o-1"))
-        shop.execute(place("o-2", "c-ada", ("A1", 3)))
-        assert stock_of(shop, "A1") == 0
+        scenario = decider(DOMAIN).given(*SHOP, placed("o-1", ("A1", 3)), cancelled("o-1", ("A1", 3)))
+        scenario.when(place("o-2", "c-ada", ("A1", 3))).then(placed("o-2", ("A1", 3)))
 
-    def test_rejects_unknown_order(self, shop: ShopHarness) -> None:
-        """Only existing orders can be cancelled."""
-        rejects(shop, CancelOrder(order_id="o-x"), "order 'o-x' does not exist")
+    @pytest.mark.parametrize(
+        ("given", "message"),
+        [
+            ((), "order 'o-x' does not exist"),
+            ((O1, cancelled("o-1", ("A1", 1))), "cannot cancel order 'o-1': it is already cancelled"),
+            ((O1, OrderShipped(order_id="o-1")), "cannot cancel order 'o-1': it is already shipped"),
+        ],
+        ids=["unknown", "twice", "after-ship"],
+    )
+    def test_rejects_an_order_that_is_not_placed(self, given: tuple[object, ...], message: str) -> None:
+        """Only an existing, placed order can be cancelled (so its stock is released at most once)."""
+        order_id = "o-1" if given else "o-x"
+        decider(DOMAIN).given(*SHOP, *given).when(CancelOrder(order_id=order_id)).then_rejected(exactly(message))
 
-    def test_rejects_second_cancel(self, shop: ShopHarness) -> None:
-        """An order is cancelled at most once (stock is released once)."""
-        shop.execute(place("o-1", "c-ada", ("A1", 1)))
-        shop.execute(CancelOrder(order_id="o-1"))
-        rejects(shop, CancelOrder(order_id="o-1"), "cannot cancel order 'o-1': it is already cancelled")
+    def test_rejects_cancel_while_the_payment_is_pending(self) -> None:
+        """A capture may be in flight: a cancel now could leave a charged, cancelled order, so it is refused."""
+        decider(DOMAIN).given(*SHOP, O1, PENDING).when(
+            CancelOrder(order_id="o-1", reason="changed my mind")
+        ).then_rejected("^cannot cancel order 'o-1': its payment is pending")
 
-    def test_rejects_cancel_after_ship(self, shop: ShopHarness) -> None:
-        """A shipped order cannot be cancelled."""
-        shop.execute(place("o-1", "c-ada", ("A1", 1)))
-        shop.execute(ShipOrder(order_id="o-1"))
-        rejects(shop, CancelOrder(order_id="o-1"), "cannot cancel order 'o-1': it is already shipped")
+    @pytest.mark.parametrize(
+        "answer",
+        [PaymentDeclined(order_id="o-1", reason="card"), PaymentCaptured(order_id="o-1")],
+        ids=["declined", "captured"],
+    )
+    def test_cancel_once_the_payment_is_recorded(self, answer: object) -> None:
+        """After the answer is recorded the order can be cancelled: the checkout's compensation follows a decline."""
+        decider(DOMAIN).given(*SHOP, O1, PENDING, answer).when(CancelOrder(order_id="o-1", reason="r")).then(
+            cancelled("o-1", ("A1", 1), reason="r")
+        )
 
 
 class TestShipOrder:
-    def test_emits_order_shipped(self, shop: ShopHarness) -> None:
-        """A placed order ships; its stock stays reserved."""
-        shop.execute(place("o-1", "c-ada", ("A1", 2)))
-        assert shop.execute(ShipOrder(order_id="o-1")) == [OrderShipped(order_id="o-1")]
-        assert order_state(shop, "o-1").status == "shipped"
-        assert stock_of(shop, "A1") == 1
+    def test_emits_order_shipped_and_keeps_the_stock_taken(self) -> None:
+        """A placed order ships, and its stock stays taken: a second order sees only what is left."""
+        shop = decider(DOMAIN).given(*SHOP, placed("o-1", ("A1", 2)))
+        shop.when(ShipOrder(order_id="o-1")).then(OrderShipped(order_id="o-1"))
+        shop.given(OrderShipped(order_id="o-1")).when(place("o-2", "c-ada", ("A1", 2))).then_rejected(
+            exactly("cannot order 2 of sku 'A1': only 1 in stock")
+        )
 
-    def test_rejects_unknown_order(self, shop: ShopHarness) -> None:
-        """Only existing orders can be shipped."""
-        rejects(shop, ShipOrder(order_id="o-x"), "order 'o-x' does not exist")
+    @pytest.mark.parametrize(
+        ("given", "message"),
+        [
+            ((), "order 'o-x' does not exist"),
+            ((O1, cancelled("o-1", ("A1", 1))), "cannot ship order 'o-1': it is already cancelled"),
+            ((O1, OrderShipped(order_id="o-1")), "cannot ship order 'o-1': it is already shipped"),
+            ((O1, PENDING), "cannot ship order 'o-1': its payment is pending; ship it once the payment is captured"),
+            (
+                (O1, PENDING, PaymentDeclined(order_id="o-1", reason="card")),
+                "cannot ship order 'o-1': its payment was declined",
+            ),
+        ],
+        ids=["unknown", "after-cancel", "twice", "payment-pending", "payment-declined"],
+    )
+    def test_rejects(self, given: tuple[object, ...], message: str) -> None:
+        """Only an existing, placed order ships, once, and not while its payment is pending or after a decline."""
+        order_id = "o-1" if given else "o-x"
+        decider(DOMAIN).given(*SHOP, *given).when(ShipOrder(order_id=order_id)).then_rejected(exactly(message))
 
-    def test_rejects_ship_after_cancel(self, shop: ShopHarness) -> None:
-        """A cancelled order cannot be shipped."""
-        shop.execute(place("o-1", "c-ada", ("A1", 1)))
-        shop.execute(CancelOrder(order_id="o-1"))
-        rejects(shop, ShipOrder(order_id="o-1"), "cannot ship order 'o-1': it is already cancelled")
-
-    def test_rejects_second_ship(self, shop: ShopHarness) -> None:
-        """An order ships once."""
-        shop.execute(place("o-1", "c-ada", ("A1", 1)))
-        shop.execute(ShipOrder(order_id="o-1"))
-        rejects(shop, ShipOrder(order_id="o-1"), "cannot ship order 'o-1': it is already shipped")
+    def test_ships_once_the_payment_is_captured(self) -> None:
+        """An order with a captured payment ships."""
+        decider(DOMAIN).given(*SHOP, O1, PENDING, PaymentCaptured(order_id="o-1")).when(ShipOrder(order_id="o-1")).then(
+            OrderShipped(order_id="o-1")
+        )
 
 
 class TestDecide:

@@ -6,8 +6,10 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import anyio
+import pytest
 
-from soloist_shop.commands import CancelOrder, Restock
+from soloist import DomainError
+from soloist_shop.commands import CancelOrder, RecordPayment, Restock
 from soloist_shop.payments import read_charges
 from soloist_shop.queries import GetOrder, GetProduct
 from tests.process.shop import order, outcome, seed, shop_with_gateway
@@ -99,22 +101,19 @@ class TestCheckout:
             await runner.wait_for(receipt.position)
             assert runner.statistics().in_flight == 0
 
-    async def test_user_cancel_while_pending_closes_the_checkout(self, tmp_path: Path, soloist_app: AppFactory) -> None:
-        """A user's CancelOrder before the gateway answers ends the checkout; the late answer is refused, not parked."""
+    async def test_user_cancel_while_pending_is_refused(self, tmp_path: Path, soloist_app: AppFactory) -> None:
+        """A user's CancelOrder before the gateway answers is refused: the checkout stays open, nothing is parked."""
         domain = shop_with_gateway(tmp_path / "charges.jsonl", deadline=60, attempt_timeout=0.05, backoff=(0.01, 0.05))
         async with soloist_app(domain) as app:
             await seed(app)
-            await app.execute(order("o-5", "timeout-card"))
-            receipt = await app.execute(CancelOrder(order_id="o-5", reason="changed my mind"))
+            placed = await app.execute(order("o-5", "timeout-card"))
+            with pytest.raises(DomainError, match="its payment is pending"):
+                await app.execute(CancelOrder(order_id="o-5", reason="changed my mind"))
             runner = app.process("checkout")
-            await runner.wait_for(receipt.position)
-            assert runner.state.open == {}
+            await runner.wait_for(placed.position)
+            assert set(runner.state.open) == {"o-5"}  # still capturing; the deadline will void and cancel it
             view = await _order_view(app, "o-5")
-            assert (view["status"], view["payment"], view["cancel_reason"]) == (
-                "cancelled",
-                "pending",
-                "changed my mind",
-            )
+            assert (view["status"], view["payment"]) == ("placed", "pending")
             assert runner.statistics().parked == ()
 
     async def test_restart_replays_without_second_effects(self, tmp_path: Path, soloist_app: AppFactory) -> None:
@@ -139,7 +138,7 @@ class TestCheckout:
     async def test_no_step_runs_on_a_state_folded_only_part_of_the_way(
         self, tmp_path: Path, soloist_app: AppFactory
     ) -> None:
-        """At start the checkout acts only once caught up: an order cancelled 2,000+ events after its
+        """At start the checkout acts only once caught up: an order declined and cancelled 2,000+ events after its
         PaymentRequested (a later catch-up chunk) is never sent to the gateway."""
         charges = tmp_path / "charges.jsonl"
         log = tmp_path / "shop.db"
@@ -155,7 +154,8 @@ class TestCheckout:
             async with anyio.create_task_group() as tg:
                 for _ in range(50):
                     tg.start_soon(restock, 45)
-            await app.execute(CancelOrder(order_id="o-9", reason="changed my mind"))
+            await app.execute(RecordPayment(order_id="o-9", outcome="declined", reason="card"))  # as if answered
+            await app.execute(CancelOrder(order_id="o-9", reason="payment declined: card"))
             head = app.position
         assert head - placed.position > 2000  # the log reader's chunk: the cancel comes in a later chunk
         async with soloist_app(shop_with_gateway(charges), path=log) as app:

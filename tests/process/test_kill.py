@@ -4,6 +4,7 @@ cancelled, and the demo gateway charged each order at most once (its JSON-lines 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -15,7 +16,10 @@ import pytest
 
 from soloist import ConnectionLost
 from soloist.net import Client
+from soloist.testing import open_app
+from soloist_shop.commands import RecordPayment
 from soloist_shop.payments import read_charges
+from soloist_shop.wiring import DOMAIN
 from tests.e2e.processes import SoloistProcess, _env, soloist
 
 if TYPE_CHECKING:
@@ -122,6 +126,35 @@ class TestKillDuringCheckout:
             view = (await c.query("GetOrder", {"order_id": "o-3"}, consistency="strong")).result
             assert isinstance(view, dict)
             assert "did not answer within 0.5s" in str(view["cancel_reason"])
+
+    async def test_kill_between_the_declined_record_and_the_cancel(self, tmp_path: Path) -> None:
+        """PaymentDeclined committed, CancelOrder not yet: a restart cancels the order and releases its stock.
+
+        The kill leaves exactly this log; it is written deterministically: the server is SIGKILLed while the capture
+        hangs, then the declined answer is recorded by an App without the checkout, so no cancel can follow it."""
+        async with shop_server(tmp_path) as server:
+            async with Client.connect("127.0.0.1", server.port) as client:
+                before = (await client.query("GetProduct", {"sku": "BK-002"}, consistency="strong")).result
+                await client.command("PlaceOrder", _place("o-4", "timeout-y"))
+            server.process.send_signal(signal.SIGKILL)
+            assert await _killed(server) == -signal.SIGKILL
+        without_checkout = dataclasses.replace(DOMAIN, processes=())
+        async with open_app(without_checkout, tmp_path / "shop.db") as app:
+            await app.execute(RecordPayment(order_id="o-4", outcome="declined", reason="card"))
+        async with shop_server(tmp_path, run=1) as server, Client.connect("127.0.0.1", server.port) as client:
+            assert await _settled(client, ["o-4"]) == {"o-4": "cancelled"}
+            view = (await client.query("GetOrder", {"order_id": "o-4"}, consistency="strong")).result
+            after = (await client.query("GetProduct", {"sku": "BK-002"}, consistency="strong")).result
+            assert isinstance(view, dict)
+            assert (view["status"], view["payment"], view["cancel_reason"]) == (
+                "cancelled",
+                "declined",
+                "payment declined: card",
+            )
+            assert isinstance(before, dict)
+            assert isinstance(after, dict)
+            assert after["stock"] == before["stock"]
+        assert _charges_per_order(tmp_path) == {}
 
     @pytest.mark.parametrize("seed", [1, 2])
     async def test_kill_at_random_moments(self, tmp_path: Path, seed: int) -> None:
