@@ -221,12 +221,25 @@ def plot(documents: dict[str, dict[str, Any]], out: Path) -> list[str]:
         written.append("latency_vs_load.png")
     lag = w.get("replica_lag", [])
     if lag:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([p["t_s"] for p in lag], [p["lag_events"] for p in lag], label="events behind the head")
-        ax.set(xlabel="seconds", ylabel="events", title="Replica lag during the write-heavy run (max of 4)")
+        fig, ax = plt.subplots(figsize=(6, 4.4))
+        seconds = [p["t_s"] for p in lag]
+        (events,) = ax.plot(
+            seconds,
+            [p["lag_events"] for p in lag],
+            color="tab:blue",
+            linestyle="-",
+            label="lag (events behind the head)",
+        )
+        ax.set(xlabel="seconds", title="Replica lag during the write-heavy run (max of 4)")
+        ax.set_ylabel("lag (events)", color="tab:blue")
+        ax.tick_params(axis="y", colors="tab:blue")
         ax2 = ax.twinx()
-        ax2.plot([p["t_s"] for p in lag], [p["lag_ms"] for p in lag], color="tab:orange", alpha=0.6, label="ms")
-        ax2.set_ylabel("commit-to-apply ms")
+        (ms,) = ax2.plot(
+            seconds, [p["lag_ms"] for p in lag], color="tab:red", linestyle="--", label="lag (commit-to-apply ms)"
+        )
+        ax2.set_ylabel("lag (commit-to-apply ms)", color="tab:red")
+        ax2.tick_params(axis="y", colors="tab:red")
+        ax.legend(handles=[events, ms], loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize="small")
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / "replica_lag.png", dpi=100)
