@@ -202,6 +202,10 @@ class App:
         self._background_rebuild: tuple[anyio.CancelScope, asyncio.Future[list[Digest]]] | None = None
         self._processes: dict[str, ProcessRunner[Any]] = {}
         processes_of(domain.processes)  # names checked now, not at start
+        # the read-model code every new replica gets (a start, a failed replica's rebuild, a rebuild), and
+        # the version its checkpoints carry: the domain's, until rebuild(read_models=...) installs another
+        self._read_models: Callable[[], ReadModels[Any]] = domain.read_models
+        self._read_models_version = domain.read_models_version
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -262,7 +266,7 @@ class App:
             )
             writer_from = writer.restore(await self._writer_checkpoint(head))
             self._writer = writer
-        replicas = [Replica(f"replica-{i}", self.domain, broadcast) for i in range(self._replica_count)]
+        replicas = [self._new_replica(f"replica-{i}", broadcast) for i in range(self._replica_count)]
         position = await self._restore(replicas, head)
         if position:
             self._last_checkpoint = position
@@ -421,7 +425,8 @@ class App:
         store = self._snapshots
         if store is None:
             return 0
-        snapshot = await anyio.to_thread.run_sync(lambda: store.load(max_position=head))
+        version = self._read_models_version  # the replicas' code: a checkpoint of another is not restored
+        snapshot = await anyio.to_thread.run_sync(lambda: store.load(max_position=head, schema=version))
         if snapshot is None:
             return 0
         with gc_paused():
@@ -454,8 +459,8 @@ class App:
         """Replace replica ``index`` by a fresh one: newest checkpoint (if any) + the log's tail, then live.
 
         The old replica stops at once (queries waiting on it move to another); the new one takes routed
-        queries only once it has caught up with the head it saw at start. Use it for a failed replica
-        or after changing read-model code. Returns the new replica.
+        queries only once it has caught up with the head it saw at start. It runs the App's read-model code
+        (the domain's, or what :meth:`rebuild` installed). Used for a failed replica. Returns the new replica.
         """
         router = self.router
         if self._tg is None or self._broadcast is None:
@@ -464,12 +469,19 @@ class App:
         scope = self._replica_scopes.pop(old.name, None)
         if scope is not None:
             scope.cancel()
-        fresh = Replica(old.name, self.domain, self._broadcast)
+        fresh = self._new_replica(old.name, self._broadcast)
         await self._restore([fresh], self.position)
         router.replace(index, fresh)
         await self._tg.start(self._run_replica, fresh)
         _log.info("replica_rebuilding", replica=fresh.name, from_position=fresh.position, head=self.position)
         return fresh
+
+    def _new_replica(
+        self, name: str, broadcast: Broadcast, code: tuple[Callable[[], ReadModels[Any]], int] | None = None
+    ) -> Replica:
+        """A replica running ``code`` (a factory and its version), by default the App's read-model code."""
+        read_models, version = code or (self._read_models, self._read_models_version)
+        return Replica(name, self.domain, broadcast, read_models=read_models, models_version=version)
 
     async def _run_writer(self, writer: Writer, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         try:
@@ -676,8 +688,8 @@ class App:
             if position == 0 or position == self._last_checkpoint:
                 return None
             body = encode(replica.models.snapshot())  # in the loop: the models must not move meanwhile
-            store = self._snapshots
-            path = await anyio.to_thread.run_sync(store.write_bytes, position, body)
+            store, version = self._snapshots, replica.models_version  # mid-rebuild, replicas may run two codes
+            path = await anyio.to_thread.run_sync(lambda: store.write_bytes(position, body, schema=version))
             self._last_checkpoint = position
             _log.info("checkpoint_written", path=str(path), position=position, bytes=len(body))
             return path
@@ -788,13 +800,23 @@ class App:
         return Digest(digest_of(replica.models), replica.position)
 
     async def rebuild(
-        self, index: int | None = None, *, read_models: Callable[[], ReadModels[Any]] | None = None, chunk: int = 500
+        self,
+        index: int | None = None,
+        *,
+        read_models: Callable[[], ReadModels[Any]] | None = None,
+        read_models_version: int | None = None,
+        chunk: int = 500,
     ) -> list[Digest]:
         """Build fresh read models from the whole log beside the live ones; swap each in once caught up.
 
         ``index``: the replica slot to rebuild (None: every slot, one after another, so the others keep
-        serving). ``read_models``: a factory for new read-model code (default: the domain's); a read model
-        added to a running service is built this way. ``chunk``: events applied per step of the catch-up
+        serving); it runs the App's read-model code. ``read_models``: a factory for new read-model code (a
+        read model added to a running service is built this way), for every slot (no ``index``: replicas never
+        run different code for long). From the first swap on it is the App's code: a failed replica is rebuilt
+        with it, and the read-model checkpoints carry ``read_models_version`` (default: the App's version + 1),
+        so a restart restores them only into code that declares that version (``Domain.read_models_version``).
+        Cancelled after the first swap, the slots not yet swapped keep the old code until the next
+        ``rebuild()``. ``chunk``: events applied per step of the catch-up
         (smaller: shorter stalls of the loop the writer and the live replicas share). The live replica keeps
         answering every query while its replacement catches up from the log (the writer is never waited on),
         through its own reader in ``chunk``-sized steps, then follows the broadcast live; the swap is one
@@ -808,16 +830,26 @@ class App:
             raise ValueError(f"replica index {index} is out of range: this app has {len(router.replicas)} replicas")
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1 event, got {chunk}")
-        return [await self._rebuild_slot(i, read_models, chunk) for i in indexes]
+        code = None
+        if read_models is not None:
+            if index is not None:
+                raise ValueError(
+                    f"new read-model code replaces every replica's, not replica {index}'s alone (replicas must "
+                    "answer alike): call rebuild(read_models=...) without an index"
+                )
+            code = (read_models, self._read_models_version + 1 if read_models_version is None else read_models_version)
+        elif read_models_version is not None:
+            raise ValueError("read_models_version is the version of new read-model code: pass read_models= with it")
+        return [await self._rebuild_slot(i, code, chunk) for i in indexes]
 
-    async def _rebuild_slot(self, index: int, read_models: Callable[[], ReadModels[Any]] | None, chunk: int) -> Digest:
+    async def _rebuild_slot(
+        self, index: int, code: tuple[Callable[[], ReadModels[Any]], int] | None, chunk: int
+    ) -> Digest:
         router, tg, broadcast = self.router, self._tg, self._broadcast
         if tg is None or broadcast is None:
             raise Closed("the app is not running; use `async with App(...) as app`")
         old = router.replicas[index]
-        fresh = Replica(old.name, self.domain, broadcast)
-        if read_models is not None:
-            fresh.models = read_models()
+        fresh = self._new_replica(old.name, broadcast, code)
         started = time.perf_counter()
         _log.info("rebuild_started", replica=fresh.name, head=self.position)
         try:
@@ -844,6 +876,10 @@ class App:
             router.replace(index, fresh)  # synchronous with the check above: no event applied in between
             self._replica_scopes[fresh.name] = scope
             swapped = True
+            if code is not None and (self._read_models, self._read_models_version) != code:
+                # the App's code from now on: failed replicas are rebuilt with it, checkpoints carry its version
+                self._read_models, self._read_models_version = code
+                _log.info("read_models_installed", replica=fresh.name, read_models_version=code[1])
             if live_scope is not None:
                 live_scope.cancel()
             digest = Digest(digest_of(fresh.models), fresh.position)
@@ -894,7 +930,11 @@ class App:
         await self.rebuild_replica(index)
 
     def start_rebuild(
-        self, index: int | None = None, *, read_models: Callable[[], ReadModels[Any]] | None = None
+        self,
+        index: int | None = None,
+        *,
+        read_models: Callable[[], ReadModels[Any]] | None = None,
+        read_models_version: int | None = None,
     ) -> asyncio.Future[list[Digest]]:
         """:meth:`rebuild` in the background (one at a time); a future of its digests. For the ``rebuild`` op.
 
@@ -919,7 +959,7 @@ class App:
         async def run() -> None:
             try:
                 with scope:
-                    result = await self.rebuild(index, read_models=read_models)
+                    result = await self.rebuild(index, read_models=read_models, read_models_version=read_models_version)
                     if not future.done():
                         future.set_result(result)
             except Exception as exc:

@@ -59,6 +59,9 @@ class Domain(Generic[S, C, E, Q]):
       changes. The single writer sees every stream, so one event may keep several streams' write models
       in step (the shop's ``OrderPlaced`` takes stock from its products) instead of one event per stream.
     - ``read_models()``: a fresh :class:`ReadModels` for one replica.
+    - ``read_models_version``: the version of what ``read_models().snapshot()`` produces, stored in each
+      read-model checkpoint; raise it with read-model code whose snapshots the old ``restore`` (or the new
+      one the old snapshots) would misread: a checkpoint of another version is skipped and the log replayed.
     - ``errors``: domain exception class -> runtime error class (e.g. ``RuleViolation -> DomainError``).
     - ``seed``: commands to run when the log is empty (used by ``soloist serve``).
     - ``states``: the classes ``evolve`` returns; without them the write model is rebuilt from the log.
@@ -75,6 +78,7 @@ class Domain(Generic[S, C, E, Q]):
     evolve: Callable[[S | None, E], S]
     stream_of: Callable[[E], str]
     read_models: Callable[[], ReadModels[Q]]
+    read_models_version: int = 1  # in every read-model checkpoint's header; another version is not restored
     errors: Mapping[type[Exception], type[CQRSError]] = field(default_factory=dict)
     states: Sequence[type] = ()  # the write-model state classes (Structs): lets the writer checkpoint its model
     seed: Callable[[], Sequence[object]] | None = None

@@ -34,7 +34,15 @@ from typing import IO, TYPE_CHECKING, Final, Literal, TypeVar, cast, final
 import anyio
 import msgspec
 
-from ._errors import LogCorrupted, NotALog, PersistenceError, ReadOnlyStorage, WriterLocked, translate_sqlite_error
+from ._errors import (
+    LogCorrupted,
+    NotALog,
+    PersistenceError,
+    ReadOnlyStorage,
+    UnknownSchemaVersion,
+    WriterLocked,
+    translate_sqlite_error,
+)
 from ._gc import gc_paused
 from ._messages import RecordedEvent, TypeRegistry
 from ._store import EventRow, KeyRow, StoredKey
@@ -132,26 +140,40 @@ def decode_chunk(text: str | bytes | None, events: TypeRegistry) -> list[Recorde
 
 
 def decode_rows(rows: Sequence[StoredRow], events: TypeRegistry) -> list[RecordedEvent]:
-    """Stored rows -> recorded events: the one row decoder, for every reader of the log (catch-up, replay at
-    start, followers). ``data`` is the event's JSON (bytes, text or ``msgspec.Raw``)."""
+    """Stored rows -> recorded events: the one row decoder, for every store's reader of the log (catch-up,
+    replay at start; SQLite, PostgreSQL, memory). ``data`` is the event's JSON (bytes, text or ``msgspec.Raw``)."""
     decode = events.decode_stored
     make = RecordedEvent  # positional: the fields are in the row's order, minus the schema column
     with gc_paused():
-        out = [
-            make(
-                position,
-                stream,
-                version,
-                type_name,
-                decode(type_name, data, schema),
-                recorded_at,
-                command_id,
-                key,
-                schema,
-            )
-            for position, stream, version, type_name, schema, data, command_id, key, recorded_at in rows
-        ]
+        try:
+            out = [
+                make(
+                    position,
+                    stream,
+                    version,
+                    type_name,
+                    decode(type_name, data, schema),
+                    recorded_at,
+                    command_id,
+                    key,
+                    schema,
+                )
+                for position, stream, version, type_name, schema, data, command_id, key, recorded_at in rows
+            ]
+        except UnknownSchemaVersion as exc:
+            raise _placed(exc, rows, events) from None
         return events.as_current(out) if events.upcasting else out  # upcast: schema describes the data
+
+
+def _placed(exc: UnknownSchemaVersion, rows: Sequence[StoredRow], events: TypeRegistry) -> UnknownSchemaVersion:
+    """``exc`` naming the position of the row that raised it: that row decoded again (off the hot path)."""
+    for position, _, _, type_name, schema, data, *_ in rows:
+        if type_name == exc.type_name and schema == exc.schema:
+            try:
+                events.decode_stored(type_name, data, schema, at=f"at position {position}")
+            except UnknownSchemaVersion as placed:
+                return placed
+    return exc
 
 
 _first = operator.itemgetter(0)

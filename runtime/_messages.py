@@ -242,14 +242,17 @@ class TypeRegistry:
         entry = self._by_name.get(type_name)
         return schema if entry is None else entry.schema
 
-    def decode_stored(self, type_name: str, data: bytes | str | msgspec.Raw, schema: int | None = None) -> object:
+    def decode_stored(
+        self, type_name: str, data: bytes | str | msgspec.Raw, schema: int | None = None, *, at: str = ""
+    ) -> object:
         """Decode an event the log holds (JSON this registry's classes produced), as its current version.
 
         ``schema`` is the version it was written with (None: the current one). The current version takes
         msgspec's one-call decode; an older one is decoded to a dict, upcast (:mod:`._upcast`) and built;
-        a newer one (or one older than the oldest upcaster) raises :class:`UnknownSchemaVersion`.
-        An event type this process does not know is kept as plain JSON values, so a reader of the log
-        (a follower, a subscriber) still carries it.
+        a newer one (or one older than the oldest upcaster) raises :class:`UnknownSchemaVersion`, naming
+        ``at`` (where the event is, e.g. ``"at position 7"``) when given. An event type this process does
+        not know is kept as plain JSON values, so a reader of the log (a follower, a subscriber) still
+        carries it.
         """
         found = self._stored.get(type_name)
         if found is None:
@@ -257,13 +260,18 @@ class TypeRegistry:
         decode, current = found
         if schema == current or schema is None:  # the fast path: one msgspec call, as before versions
             return decode(data)
-        return self._upcast(type_name, self._by_name[type_name], data, schema)
+        return self._upcast(type_name, self._by_name[type_name], data, schema, at)
 
     def _upcast(
-        self, type_name: str, entry: _Entry, data: bytes | str | msgspec.Raw | dict[str, object], schema: int
+        self,
+        type_name: str,
+        entry: _Entry,
+        data: bytes | str | msgspec.Raw | dict[str, object],
+        schema: int,
+        at: str = "",
     ) -> object:
         chain = self._chains.get(type_name) or UpcastChain(type_name, entry.schema, entry.schema, ())
-        value = chain.upcast(data, schema)
+        value = chain.upcast(data, schema, at=at)
         try:
             return msgspec.convert(value, entry.cls)
         except msgspec.MsgspecError as exc:
@@ -272,10 +280,6 @@ class TypeRegistry:
                 f"the upcasters of {self._kind} {type_name!r} from version {schema} built an invalid version "
                 f"{entry.schema} ({error}): fix the upcaster so its result matches {entry.cls.__name__}"
             ) from None
-
-    def event_decoder(self, type_name: str, schema: int, data: bytes) -> object:
-        """:meth:`decode_stored` in the store port's decoder signature (``EventDecoder``)."""
-        return self.decode_stored(type_name, data, schema)
 
     def as_current(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
         """The same events with ``schema`` set to the version their (upcast) data now has.

@@ -27,6 +27,8 @@ from ._gc import gc_paused
 from ._messages import Answer, Batch
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anyio.abc import TaskStatus
 
     from ._broadcast import Broadcast
@@ -56,12 +58,22 @@ class Replica:
     """Applies the broadcast to its own read models and answers queries at its applied position."""
 
     def __init__(
-        self, name: str, domain: Domain[Any, Any, Any, Any], broadcast: Broadcast, *, lag_samples: int = 10000
+        self,
+        name: str,
+        domain: Domain[Any, Any, Any, Any],
+        broadcast: Broadcast,
+        *,
+        read_models: Callable[[], ReadModels[Any]] | None = None,
+        models_version: int | None = None,
+        lag_samples: int = 10000,
     ) -> None:
         self.name = name
         self._domain = domain
         self._broadcast = broadcast
-        self.models: ReadModels[Any] = domain.read_models()
+        # read-model code other than the domain's: the App's after a rebuild installed new code
+        self.models: ReadModels[Any] = (read_models or domain.read_models)()
+        # the version of those models' snapshots: what a checkpoint of this replica is tagged with
+        self.models_version = domain.read_models_version if models_version is None else models_version
         self.position = 0
         self.ready = False  # True once caught up with the head it saw at start
         self.failed = False

@@ -1,10 +1,12 @@
 """Read-model checkpoints: one file per checkpoint, a JSON header line then a JSON body.
 
 Header: ``{"format": "soloist-snapshot", "version": 1, "domain": ..., "schema": ..., "position": ...,
-"length": ..., "sha256": ...}``. A file whose header, length or checksum does not match, whose schema
-differs from the domain's, or whose position is beyond the log's head, is skipped (and logged); the
-caller then replays from the log. Files are written to a temporary name, fsynced and renamed, so a
-crash leaves either the old checkpoint or the new one, never half of one.
+"length": ..., "sha256": ...}``; ``schema`` is the version of the body's shape (for read models the
+domain's ``read_models_version``, or the one a rebuild installed with new read-model code). A file whose
+header, length or checksum does not match, whose schema differs from the one asked for, or whose position
+is beyond the log's head, is skipped (and logged); the caller then replays from the log. Files are
+written to a temporary name, fsynced and renamed, so a crash leaves either the old checkpoint or the new
+one, never half of one.
 """
 
 from __future__ import annotations
@@ -67,14 +69,17 @@ class SnapshotStore:
             return []
         return sorted(self.directory.glob(f"{self._domain}-*.snapshot"), reverse=True)
 
-    def write_bytes(self, position: int, body: bytes) -> Path:
-        """Write a serialised checkpoint atomically (blocking: call it from a worker thread)."""
+    def write_bytes(self, position: int, body: bytes, *, schema: int | None = None) -> Path:
+        """Write a serialised checkpoint atomically (blocking: call it from a worker thread).
+
+        ``schema``: the version of ``body``'s shape (default: the store's).
+        """
         header = _Header(
             format=_FORMAT,
             version=_VERSION,
             domain=self._domain,
             log_id=self.log_id,
-            schema=self._schema,
+            schema=self._schema if schema is None else schema,
             position=position,
             length=len(body),
             sha256=hashlib.sha256(body).hexdigest(),
@@ -104,18 +109,19 @@ class SnapshotStore:
             old.unlink(missing_ok=True)
         return path
 
-    def load(self, *, max_position: int) -> Snapshot | None:
-        """The newest valid checkpoint at or below ``max_position`` (blocking), or None."""
+    def load(self, *, max_position: int, schema: int | None = None) -> Snapshot | None:
+        """The newest valid checkpoint at or below ``max_position`` of version ``schema`` (blocking), or None."""
+        schema = self._schema if schema is None else schema
         for path in self._files():
             try:
-                snapshot = self._read(path, max_position)
+                snapshot = self._read(path, max_position, schema)
             except (OSError, ValueError) as exc:
                 _log.warning("snapshot_rejected", path=str(path), reason=str(exc))
                 continue
             return snapshot
         return None
 
-    def _read(self, path: Path, max_position: int) -> Snapshot:
+    def _read(self, path: Path, max_position: int, schema: int) -> Snapshot:
         raw = path.read_bytes()
         newline = raw.find(b"\n")
         if newline < 0:
@@ -126,9 +132,10 @@ class SnapshotStore:
             raise ValueError(f"not a {_FORMAT} v{_VERSION} file: bad header ({exc})") from None
         if header.format != _FORMAT or header.version != _VERSION:
             raise ValueError(f"not a {_FORMAT} v{_VERSION} file")
-        if header.domain != self._domain or header.schema != self._schema:
+        if header.domain != self._domain or header.schema != schema:
             raise ValueError(
-                f"made for domain {header.domain!r} schema {header.schema}, need {self._domain!r} schema {self._schema}"
+                f"made for domain {header.domain!r} schema {header.schema}, need {self._domain!r} schema {schema} "
+                "(another version of the code that made it: replayed from the log instead)"
             )
         if self.log_id and header.log_id != self.log_id:
             raise ValueError(f"made for log {header.log_id!r}, this log is {self.log_id!r}")

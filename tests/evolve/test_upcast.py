@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from soloist import LogCorrupted, RecordedEvent, UnknownSchemaVersion
+from soloist._log import StoredRow, decode_rows
 from soloist._messages import TypeRegistry, encode
 from soloist._upcast import build_chains
 
@@ -134,3 +135,24 @@ class TestUpcastChain:
         assert events.as_current(kept) is kept  # nothing to change: no copy
         assert events.upcasting
         assert not TypeRegistry("event", [Plain]).upcasting
+
+
+class TestRowDecoder:
+    def test_an_unreadable_version_names_its_position(self, events: TypeRegistry) -> None:
+        """decode_rows, the one row decoder of every reader, says where in the log the unreadable event is."""
+        rows: list[StoredRow] = [
+            (1, "s", 1, "Renamed", 1, b'{"title": "Old Kettle"}', "c1", None, 0.0),
+            (2, "s", 2, "Plain", 1, b'{"value": 1}', "c2", None, 0.0),
+            (3, "s", 3, "Renamed", 4, b'{"name": "x", "tags": [], "extra": 1}', "c3", None, 0.0),
+        ]
+        with pytest.raises(UnknownSchemaVersion, match=r"^event 'Renamed' at position 3 is schema version 4") as caught:
+            decode_rows(rows, events)
+        assert caught.value.__suppress_context__  # the unplaced first error is not shown beside it
+        older = TypeRegistry("event", [Renamed, Plain], upcasters={("Renamed", 2): v2_to_v3})
+        placed = r"'Renamed' at position 1 is schema version 1.*\('Renamed', 1\)"
+        with pytest.raises(UnknownSchemaVersion, match=placed):
+            decode_rows(rows[:2], older)
+        assert [e.data for e in decode_rows(rows[:2], events)] == [
+            Renamed(name="Old Kettle", tags=("old", "kettle")),
+            Plain(value=1),
+        ]
