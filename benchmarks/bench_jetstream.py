@@ -17,10 +17,11 @@ own (``-js``, a temporary store, a free port):
 3. **Replica lag at half the writer's saturation**: ``--lag-replicas`` (1) replicas are kept, the others
    stopped; after 10.5 s idle (so the replicas' 10 s lag window holds nothing of their start-up catch-up) a
    paced load process sends ``PlaceOrder`` commands at half the commands/s measured in 1 (with the publisher)
-   for 2 x ``--seconds``; then each replica's ``stats``
-   gives its lag over the last 10 s: p50/p99 in ms (the last event's ``recorded_at``, taken by the writer
-   just before its commit, to the replica's local commit of that message, wall clocks of one machine) and
-   in events (the writer's head stamped on the message, minus the replica's position after applying it).
+   for 2 x ``--seconds``; then each replica's ``stats`` gives its lag over the last 10 s: p50/p99 in ms
+   (the message's ``Soloist-Committed-At`` header, the writer's commit time stamped by the publisher, to the
+   replica's local commit of that message, wall clocks of one machine; a message the publisher read back
+   from the log carries none, and its last event's ``recorded_at`` stands in) and in events (the writer's
+   head stamped on the message, minus the replica's position after applying it).
 
 This machine has 2 cores shared by the writer, nats-server, the replicas and the load processes: more replica
 processes do not add cores, so the queries/s table shows where the ceiling is, not a scaling curve.

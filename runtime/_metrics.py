@@ -11,7 +11,9 @@ no lock, no label lookup).
 
 Names follow Prometheus conventions: ``soloist_`` prefix, base units (seconds, events), ``_total``
 counters. The same collector serves both roles; writer-only families are absent on a follower and
-follower-only ones on a writer.
+follower-only ones on a writer. A writer that publishes to NATS JetStream adds the ``soloist_jetstream_``
+families (its publisher's position and lag); a replica fed by JetStream reports its link in the
+``soloist_follower_`` families, labelled with its ``--upstream`` or, without one, its NATS URL.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ SECONDS_BUCKETS: Final = (
 
 
 class _Statistics(Protocol):
-    """What Metrics reads from a server or a follower: their ``statistics()`` dataclass."""
+    """What Metrics reads from a server, a follower or a publisher: their ``statistics()`` dataclass."""
 
     def statistics(self) -> object: ...
 
@@ -104,14 +106,22 @@ class Histogram:
 class Metrics(Collector):
     """The ``soloist_`` metrics of one process; :meth:`render` gives the Prometheus text format.
 
-    Attach after the App has started (its writer exists). Pass the socket ``server`` and, on a
-    replica, the ``follower`` to include their figures.
+    Attach after the App has started (its writer exists). Pass the socket ``server``, on a replica the
+    ``follower``, and on a writer that publishes to JetStream the ``publisher`` to include their figures.
     """
 
-    def __init__(self, app: App, *, server: _Statistics | None = None, follower: _Statistics | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        server: _Statistics | None = None,
+        follower: _Statistics | None = None,
+        publisher: _Statistics | None = None,
+    ) -> None:
         self.app = app
         self.server = server
         self.follower = follower
+        self.publisher = publisher
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.commit_seconds = Histogram(SECONDS_BUCKETS)
         self.latency_seconds = Histogram(SECONDS_BUCKETS)
@@ -175,6 +185,8 @@ class Metrics(Collector):
             yield from self._server(self.server.statistics())
         if self.follower is not None:
             yield from self._follower(self.follower.statistics())
+        if self.publisher is not None:
+            yield from self._publisher(self.publisher.statistics())
 
     def _replicas(self, replicas: Sequence[object]) -> Iterator[Metric]:
         position = GaugeMetricFamily("soloist_replica_position", "Replica's applied position", labels=["replica"])
@@ -213,8 +225,10 @@ class Metrics(Collector):
             )
 
     def _follower(self, st: object) -> Iterator[Metric]:
-        upstream = [str(getattr(st, "upstream", "?"))]
-        for name, attr, doc, family in (
+        yield from _figures(
+            st,
+            "upstream",
+            _followed(st),
             ("soloist_follower_connected", "connected", "1 while linked to the writer", GaugeMetricFamily),
             (
                 "soloist_follower_upstream_position",
@@ -225,10 +239,41 @@ class Metrics(Collector):
             ("soloist_follower_lag_events", "lag_events", "Events behind the writer", GaugeMetricFamily),
             ("soloist_follower_reconnects", "reconnects", "Reconnections to the writer", CounterMetricFamily),
             ("soloist_follower_events", "events", "Events replicated", CounterMetricFamily),
-        ):
-            metric = family(name, doc, labels=["upstream"])
-            metric.add_metric(upstream, float(getattr(st, attr, 0)))
-            yield metric
+        )
+
+    def _publisher(self, st: object) -> Iterator[Metric]:
+        yield from _figures(
+            st,
+            "stream",
+            str(getattr(st, "stream", "?")),
+            ("soloist_jetstream_connected", "connected", "1 while publishing to NATS", GaugeMetricFamily),
+            (
+                "soloist_jetstream_published_position",
+                "published_position",
+                "Last position the JetStream stream holds",
+                GaugeMetricFamily,
+            ),
+            (
+                "soloist_jetstream_lag_events",
+                "lag_events",
+                "Committed events not in the stream yet (the outbox's depth)",
+                GaugeMetricFamily,
+            ),
+            ("soloist_jetstream_messages", "messages", "Messages published", CounterMetricFamily),
+            ("soloist_jetstream_events", "events", "Events published", CounterMetricFamily),
+            (
+                "soloist_jetstream_sessions",
+                "sessions",
+                "Sessions with NATS (the first and reconnections)",
+                CounterMetricFamily,
+            ),
+            (
+                "soloist_jetstream_resyncs",
+                "resyncs",
+                "Times the stream's last message was read again (reconnect, fence, duplicate)",
+                CounterMetricFamily,
+            ),
+        )
 
     # -- the dashboard's figures ------------------------------------------------------------------------
 
@@ -254,8 +299,31 @@ class Metrics(Collector):
         ]
         if self.follower is not None:
             f = self.follower.statistics()
-            out["follower"] = {"upstream": getattr(f, "upstream", "?"), "lag_events": getattr(f, "lag_events", 0)}
+            out["follower"] = {"upstream": _followed(f), "lag_events": getattr(f, "lag_events", 0)}
+        if self.publisher is not None:
+            p = self.publisher.statistics()
+            out["publisher"] = {
+                "stream": getattr(p, "stream", "?"),
+                "connected": getattr(p, "connected", False),
+                "published_position": getattr(p, "published_position", 0),
+                "lag_events": getattr(p, "lag_events", 0),
+            }
         return out
+
+
+def _followed(st: object) -> str:
+    """What a follower follows: its ``upstream`` (the writer), or for a JetStream replica without one, its NATS URL."""
+    return str(getattr(st, "upstream", None) or getattr(st, "url", "?"))
+
+
+def _figures(
+    st: object, label: str, value: str, *rows: tuple[str, str, str, type[GaugeMetricFamily | CounterMetricFamily]]
+) -> Iterator[Metric]:
+    """One family per ``(name, attribute of st, help, kind)``, each with one sample labelled ``label=value``."""
+    for name, attr, doc, family in rows:
+        metric = family(name, doc, labels=[label])
+        metric.add_metric([value], float(getattr(st, attr, 0)))
+        yield metric
 
 
 def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:

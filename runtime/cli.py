@@ -2,14 +2,15 @@
 
 ::
 
-    soloist serve   [--db soloist.db] [--host 127.0.0.1] [--port 7420] [--unix PATH] [--replicas 4]
+    soloist serve   [--db soloist.db] [--host 127.0.0.1] [--port 7420] [--unix PATH] [--replicas 1]
                     [--token T] [--domain module:ATTR] [--snapshot-dir DIR] [--no-seed] [--log-level info]
                     [--http-port N]   (GET /metrics, /api/stats and the live dashboard /; also on replica)
-    soloist replica --upstream HOST:PORT [--host 127.0.0.1] [--port 7421] [--db replica.db] [--replicas 4]
+    soloist replica --upstream HOST:PORT [--host 127.0.0.1] [--port 7421] [--db replica.db] [--replicas 1]
                     [--domain module:ATTR] [--token T] [--upstream-token T]
     soloist serve   --db postgresql://USER@HOST:PORT/DB [--standby] [--lease-ttl 5]   (log on PostgreSQL)
     soloist serve   ... --nats nats://HOST:PORT [--nats-stream NAME]      (publish committed batches)
-    soloist replica --nats nats://HOST:PORT [--nats-stream NAME] [--upstream HOST:PORT] ...  (fed by JetStream)
+    soloist replica --nats nats://HOST:PORT [--nats-stream NAME] [--upstream HOST:PORT]
+                    [--upstream-db postgresql://...] ...   (fed by JetStream; old history from the writer or its log)
     soloist send    ['{"op": "ping"}'] [--host] [--port] [--unix] [--token]   (JSON from argv or stdin)
     soloist stats   [--host] [--port] [--unix] [--token]
     soloist backup  --db PATH OUT      (a consistent copy of the log, safe while the server runs)
@@ -46,7 +47,7 @@ from ._metrics import Metrics
 from ._store import is_postgres_url
 from .net import Client, Follower, Server, Upstream, parse_address
 from .net._http import HttpServer
-from .net._jetstream import JetStreamFollower, JetStreamPublisher
+from .net._jetstream import JetStreamFollower, JetStreamPublisher, default_stream_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -107,10 +108,11 @@ async def _serve(args: argparse.Namespace) -> int:
                 for command in commands:
                     await app.execute(command)
                 _log.info("seeded", commands=len(commands), position=app.position)
-            server = _server(app, args)
+            publisher = JetStreamPublisher(app, args.nats, args.nats_stream) if args.nats is not None else None
+            server = _server(app, args, publisher=publisher)
             async with anyio.create_task_group() as tg:
-                if args.nats is not None:  # after the commit, never before: it reads what the broadcast hands out
-                    await tg.start(JetStreamPublisher(app, args.nats, args.nats_stream).run)
+                if publisher is not None:  # after the commit, never before: it reads what the broadcast hands out
+                    await tg.start(publisher.run)
                 await tg.start(server.serve)
                 await _start_http(tg, app, args, server)
                 await _until_signal(signals)
@@ -129,7 +131,9 @@ def _tune() -> None:
     )
 
 
-def _server(app: App, args: argparse.Namespace, *, upstream: Upstream | None = None) -> Server:
+def _server(
+    app: App, args: argparse.Namespace, *, upstream: Upstream | None = None, publisher: JetStreamPublisher | None = None
+) -> Server:
     """The socket server with the listening and per-connection options shared by serve and replica."""
     return Server(
         app,
@@ -141,6 +145,7 @@ def _server(app: App, args: argparse.Namespace, *, upstream: Upstream | None = N
         max_in_flight=args.max_in_flight,
         idle_timeout=args.idle_timeout,
         upstream=upstream,
+        publisher=publisher,
     )
 
 
@@ -153,6 +158,8 @@ async def _replica(args: argparse.Namespace) -> int:
             parse_address(args.upstream)
         except ValueError as exc:
             raise UsageError(f"--upstream: {exc}") from None
+    if args.upstream_db is not None and (args.nats is None or not is_postgres_url(args.upstream_db)):
+        raise UsageError("--upstream-db takes the writer's PostgreSQL log (postgresql://...) and needs --nats")
     if args.nats is not None:
         return await _jetstream_replica(args, domain)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -164,39 +171,45 @@ async def _replica(args: argparse.Namespace) -> int:
                 await outer.start(follower.run)
                 async with anyio.create_task_group() as inner:
                     await inner.start(server.serve)
-                    await _start_http(inner, app, args, server, follower)
+                    await _start_http(inner, app, args, server)
                     await _until_signal(signals)
                     inner.cancel_scope.cancel()  # the server answers what is in flight (probes still work)
                 outer.cancel_scope.cancel()
     return 0
 
 
-async def _start_http(
-    tg: TaskGroup, app: App, args: argparse.Namespace, server: Server, follower: Follower | None = None
-) -> None:
-    """With ``--http-port``: serve ``/metrics`` (Prometheus), ``/api/stats`` and the dashboard ``/``."""
+async def _start_http(tg: TaskGroup, app: App, args: argparse.Namespace, server: Server) -> None:
+    """With ``--http-port``: serve ``/metrics`` (Prometheus), ``/api/stats`` and the dashboard ``/``, with the
+    figures of what the server reports in ``stats`` (its upstream link, a JetStream publisher)."""
     if args.http_port is None:
         return
-    metrics = Metrics(app, server=server, follower=follower)
+    metrics = Metrics(app, server=server, follower=server.upstream, publisher=server.publisher)
     await tg.start(HttpServer(metrics, host=args.host, port=args.http_port).serve)
 
 
 async def _jetstream_replica(args: argparse.Namespace, domain: Domain[Any, Any, Any, Any]) -> int:
-    """A replica fed by JetStream; ``--upstream`` (optional) fills gaps and answers ``strong``."""
-    writer = args.upstream or f"the writer publishing to {args.nats_stream or 'its stream'} at {args.nats}"
+    """A replica fed by JetStream; ``--upstream`` (optional) answers ``strong``; it or ``--upstream-db`` fills gaps."""
+    stream = args.nats_stream or default_stream_name(domain.name)
+    writer = args.upstream or f"the writer publishing to {stream} at {args.nats}"
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         # synchronous=NORMAL: this log is a copy that can always be fetched again (WAL keeps it consistent
         # through a kill -9; a power loss may drop its last transactions, and the follower resumes before them)
         async with App(domain, args.db, replicas=args.replicas, follower_of=writer, synchronous="NORMAL") as app:
             _tune()
             follower = JetStreamFollower(
-                app, args.nats, args.nats_stream, upstream=args.upstream, token=args.upstream_token
+                app,
+                args.nats,
+                args.nats_stream,
+                upstream=args.upstream,
+                token=args.upstream_token,
+                upstream_db=args.upstream_db,
             )
             server = _server(app, args, upstream=follower)
             async with anyio.create_task_group() as outer:
                 await outer.start(follower.run)
                 async with anyio.create_task_group() as inner:
                     await inner.start(server.serve)
+                    await _start_http(inner, app, args, server)
                     await _until_signal(signals)
                     inner.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
@@ -341,6 +354,12 @@ def _parser() -> argparse.ArgumentParser:
     replica.add_argument("--upstream", default=None, metavar="HOST:PORT", help="the writer to follow")
     nats_options(replica, "follow the writer's JetStream stream at this NATS server instead")
     replica.add_argument("--upstream-token", default=token, help="token for the writer (or $SOLOIST_TOKEN)")
+    replica.add_argument(
+        "--upstream-db",
+        default=None,
+        metavar="postgresql://...",
+        help="with --nats: the writer's PostgreSQL log (its --db), read for history the stream no longer holds",
+    )
 
     def client_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default="127.0.0.1")

@@ -19,11 +19,12 @@ Two actors, one on each side of the broker (docs/jetstream.md has the picture):
 - :class:`JetStreamFollower` feeds a follower ``App`` (a replica process) from the stream. It applies
   positions strictly in order and skips what it already holds; when the next message starts past its
   position it re-reads the stream from the right sequence, and if the stream no longer holds the
-  missing positions (it keeps a bounded history) it fills the gap from the writer over the socket
-  (``--upstream``, a ``subscribe`` from its position). It refuses a stream that carries another log
-  (:class:`~soloist.WrongLog`): the log id is in every message's headers and in the stream's
-  description, and the replica remembers the log it follows in ``<db>.jetstream`` beside its own
-  SQLite log. After a ``kill -9`` it resumes from its durable position, found in the stream by a
+  missing positions (it keeps a bounded history) it fills the gap from a :class:`_History`: the writer
+  over the socket (``--upstream``, a ``subscribe`` from its position) or, given ``--upstream-db``, the
+  writer's PostgreSQL log read directly (its log id checked like the stream's). It refuses a stream
+  that carries another log (:class:`~soloist.WrongLog`): the log id is in every message's headers and
+  in the stream's description, and the replica remembers the log it follows in ``<db>.jetstream``
+  beside its own SQLite log. After a ``kill -9`` it resumes from its durable position, found in the stream by a
   binary search over the messages' ``Soloist-Last``.
 
 Payload: one msgspec-JSON array of ``[position, stream, version, type, schema, data, recorded_at]``.
@@ -39,7 +40,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NoReturn, final
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol, final
 
 import anyio
 import msgspec
@@ -52,13 +53,14 @@ from nats.js import api
 
 from .._errors import CQRSError, LogCorrupted, WrongLog
 from .._messages import RecordedEvent, encode
+from .._store import describe_target, open_store
 from ._client import EventStream, _Endpoint, _tcp
 from ._errors import ConnectionLost, UpstreamUnavailable
 from ._follower import Follower, _recorded, parse_address
 from ._framing import DEFAULT_MAX_LINE
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncGenerator, Callable, Sequence
 
     from anyio.abc import TaskStatus
     from nats.aio.client import Client as NATS
@@ -264,7 +266,7 @@ class JetStreamPublisher(_NatsLink):
 
     @property
     def log_id(self) -> str:
-        return self.app.log.log_id
+        return self.app.log_id  # App.log is SQLite's: a writer on PostgreSQL publishes too
 
     def statistics(self) -> JetStreamPublisherStatistics:
         return JetStreamPublisherStatistics(
@@ -427,7 +429,7 @@ class JetStreamFollowerStatistics:
     events: int
     skipped: int  # events already held (a re-sent or overlapping message)
     gaps_refetched: int  # gaps closed by re-reading the stream
-    gaps_filled: int  # events fetched from the writer because the stream no longer held them
+    gaps_filled: int  # events fetched from the history (--upstream or --upstream-db): the stream lacked them
     sessions: int
     probes: int
     last_error: str | None
@@ -441,6 +443,62 @@ def _quantile(ordered: list[float], q: float) -> float | None:
 
 class _Gap(_Again):
     """A message starts past the local position: read the stream again from the right sequence."""
+
+
+class _History(Protocol):
+    """Where a gap the stream no longer holds is filled from: the writer's socket, or its PostgreSQL log."""
+
+    where: str  # in messages and log lines
+
+    def events(self, after: int) -> AsyncGenerator[list[RecordedEvent]]:
+        """The log's events past ``after`` in position order, a chunk at a time, for as long as the caller
+        reads (an async generator: the caller closes it, which releases the connection)."""
+        ...
+
+
+class _WriterSocket:
+    """History from the writer over the socket: a ``subscribe`` from a position (``--upstream``)."""
+
+    def __init__(self, app: App, address: str, token: str | None, timeout: float) -> None:
+        host, port = parse_address(address)
+        self._app = app
+        self._endpoint = _Endpoint(
+            address=address, connect=_tcp(host, port, timeout), token=token, max_line=DEFAULT_MAX_LINE
+        )
+        self.where = f"the writer at {address} (--upstream)"
+
+    async def events(self, after: int) -> AsyncGenerator[list[RecordedEvent]]:
+        async with EventStream(self._endpoint, after) as stream:
+            while True:
+                yield [_recorded(wire, self._app) for wire in await stream.receive_many()]
+
+
+class _PostgresLog:
+    """History read from the writer's PostgreSQL log directly (``--upstream-db``), once its log id is checked."""
+
+    def __init__(self, app: App, dsn: str, check_log: Callable[[str | None, str], None]) -> None:
+        self._app = app
+        self._dsn = dsn
+        self._check_log = check_log
+        self.where = f"the log {describe_target(dsn)} (--upstream-db)"
+
+    async def events(self, after: int) -> AsyncGenerator[list[RecordedEvent]]:
+        store = open_store(self._dsn, self._app.events)
+        try:
+            await store.open()
+            self._check_log(store.log_id, self.where)  # WrongLog, as for a stream of another log
+            while True:
+                chunk = await store.read(after)
+                if not chunk:
+                    raise LogCorrupted(
+                        f"{self.where} ends at position {after}, but the stream holds later positions: "
+                        "is it the log this stream's writer appends to?"
+                    )
+                yield chunk
+                after = chunk[-1].position
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await store.aclose()
 
 
 @final
@@ -457,6 +515,7 @@ class JetStreamFollower(_NatsLink):
         *,
         upstream: str | None = None,
         token: str | None = None,
+        upstream_db: str | None = None,
         idle: float = 1.0,
         timeout: float = 5.0,
         backoff: tuple[float, float] = (0.05, 2.0),
@@ -472,8 +531,15 @@ class JetStreamFollower(_NatsLink):
         self.stream = _check_stream_name(stream or default_stream_name(app.domain.name))
         self.subject = subject_of(self.stream)
         self.upstream = upstream
-        self._token = token
         self._probe = Follower(app, upstream, token=token) if upstream is not None else None
+        # the log's older history: the writer's PostgreSQL log when given (no load on the writer), else its socket
+        self._history: _History | None = (
+            _PostgresLog(app, upstream_db, self._check_log)
+            if upstream_db is not None
+            else _WriterSocket(app, upstream, token, timeout)
+            if upstream is not None
+            else None
+        )
         self._idle = idle
         self._timeout = timeout
         self._backoff = backoff
@@ -688,15 +754,18 @@ class JetStreamFollower(_NatsLink):
                 pending, samples = [], []
                 await self._close_gap(first)
                 position = self.app.position
+            # the data is at the publisher's version of its type (``schema``): older is upcast to this
+            # process's version (the local log then stores it as that), newer is refused (UnknownSchemaVersion)
+            registry = self.app.events
             events = [
                 RecordedEvent(
                     position=p,
                     stream=s,
                     version=v,
                     type=t,
-                    data=self.app.events.decode_stored(t, raw),
+                    data=registry.decode_stored(t, raw, schema),
                     recorded_at=at,
-                    schema=schema,
+                    schema=registry.current_schema(t, schema),
                 )
                 for p, s, v, t, schema, raw, at in _decode_rows(message.data)
                 if p > position
@@ -723,32 +792,22 @@ class JetStreamFollower(_NatsLink):
         self._progress = anyio.Event()
 
     async def _close_gap(self, first: int) -> None:
-        """The stream's next message starts at ``first``, past our position + 1: the stream lacks the rest."""
-        if self.upstream is None:
+        """The stream's next message starts at ``first``, past our position + 1: the stream lacks the rest,
+        so positions up to ``first - 1`` come from the history (the one path, whichever its source)."""
+        history = self._history
+        if history is None:
             raise UpstreamUnavailable(
                 f"the stream {self.stream!r} no longer holds positions {self.app.position + 1}..{first - 1} "
-                "(it keeps a bounded history) and this replica has no --upstream HOST:PORT to fetch them "
-                "from: restart it with --upstream pointing at the writer"
+                "(it keeps a bounded history) and this replica has neither --upstream HOST:PORT nor "
+                "--upstream-db postgresql://... to fetch them from: restart it with one of them"
             )
-        await self._fill_from_writer(first - 1)
-
-    async def _fill_from_writer(self, until: int) -> None:
-        """Fetch positions after ours up to ``until`` from the writer over the socket (a ``subscribe``)."""
-        assert self.upstream is not None
-        host, port = parse_address(self.upstream)
-        endpoint = _Endpoint(
-            address=self.upstream,
-            connect=_tcp(host, port, self._timeout),
-            token=self._token,
-            max_line=DEFAULT_MAX_LINE,
-        )
-        start = self.app.position
-        _log.info("jetstream_gap_filling", upstream=self.upstream, after=start, until=until)
-        async with EventStream(endpoint, start) as stream:
-            while self.app.position < until:
-                received = await stream.receive_many()
+        until, start = first - 1, self.app.position
+        _log.info("jetstream_gap_filling", source=history.where, after=start, until=until)
+        async with contextlib.aclosing(history.events(start)) as chunks:
+            async for chunk in chunks:
                 position = self.app.position
-                batch = [e for e in (_recorded(w, self.app) for w in received) if position < e.position <= until]
-                await self.app.replicate(batch)
+                await self.app.replicate([e for e in chunk if position < e.position <= until])
+                if self.app.position >= until:
+                    break
         self._filled += until - start
-        _log.info("jetstream_gap_filled", upstream=self.upstream, events=until - start, position=self.app.position)
+        _log.info("jetstream_gap_filled", source=history.where, events=until - start, position=self.app.position)

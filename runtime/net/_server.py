@@ -71,6 +71,12 @@ class Upstream(Protocol):
     def statistics(self) -> object: ...
 
 
+class _Reporter(Protocol):
+    """Something beside the App whose figures the ``stats`` op carries (the JetStream publisher)."""
+
+    def statistics(self) -> object: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerStatistics:
     connections: int
@@ -100,6 +106,7 @@ class Server:
         idle_timeout: float = 300.0,
         shutdown_grace: float = 10.0,
         upstream: Upstream | None = None,
+        publisher: _Reporter | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
@@ -115,6 +122,7 @@ class Server:
         self.idle_timeout = idle_timeout
         self.shutdown_grace = shutdown_grace
         self.upstream = upstream
+        self.publisher = publisher  # a writer's JetStream publisher: its position and lag in ``stats``
         self._tg: TaskGroup | None = None
         self.ops: Ops | None = None  # made in serve(), on the loop that serves
         self._connections: set[Connection] = set()
@@ -256,10 +264,13 @@ class Server:
         self._tg.start_soon(fn)
 
     def stats_payload(self) -> dict[str, object]:
-        """The ``stats`` result: every field of the app's statistics, plus the server's (and the upstream link's)."""
+        """The ``stats`` result: every field of the app's statistics, plus the server's (and the upstream link's,
+        or the JetStream publisher's)."""
         s = self.app.statistics()
         payload: dict[str, object] = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
         payload["server"] = self.statistics()
         if self.upstream is not None:
             payload["upstream"] = self.upstream.statistics()
+        if self.publisher is not None:
+            payload["publisher"] = self.publisher.statistics()
         return payload

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
+import asyncpg
 import nats
+import orjson
 import pytest
 
-from soloist import App, UpstreamUnavailable, WrongLog
+from soloist import App, Domain, UpstreamUnavailable, WrongLog
 from soloist.net import Client, Server
 from soloist.net._jetstream import JetStreamFollower, JetStreamPublisher, default_stream_name, subject_of
 from tests.jetstream.harness import log_rows
-from tests.toy import BANK, Balance, Deposit, Open
+from tests.toy import BANK, Account, Balance, Command, Deposit, Moved, Msg, Open, Opened, Poisoned, decide
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping, Sequence
     from pathlib import Path
 
     from anyio.abc import TaskGroup
@@ -40,10 +43,10 @@ def _leaves(group: BaseExceptionGroup[E], kind: type[E]) -> list[E]:
 
 @asynccontextmanager
 async def writer(
-    tmp_path: Path, nats_server: NatsServer, name: str = "writer"
+    tmp_path: Path, nats_server: NatsServer, name: str = "writer", *, db: str | None = None
 ) -> AsyncIterator[tuple[App, JetStreamPublisher, Server, TaskGroup]]:
-    """A writer App serving on a free port, publishing to the test's nats-server."""
-    async with App(BANK, tmp_path / f"{name}.db", replicas=1) as app, anyio.create_task_group() as tg:
+    """A writer App serving on a free port, publishing to the test's nats-server (``db``: a PostgreSQL log)."""
+    async with App(BANK, db or tmp_path / f"{name}.db", replicas=1) as app, anyio.create_task_group() as tg:
         publisher = JetStreamPublisher(app, nats_server.url, backoff=FAST, publish_timeout=1.0)
         await tg.start(publisher.run)
         server = cast("Server", await tg.start(Server(app, port=0).serve))
@@ -53,13 +56,53 @@ async def writer(
             tg.cancel_scope.cancel()
 
 
+class MovedV2(Msg, frozen=True, kw_only=True):
+    """The bank's ``Moved`` as newer code has it: v2 adds ``source`` (v1 events read as ``"v1"``)."""
+
+    __type_name__ = "Moved"
+    __schema__ = 2
+
+    account: str
+    delta: int
+    source: str
+
+
+def _moved_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "source": "v1"}
+
+
+def _decide_newer(states: Mapping[str, Account], command: Command) -> Sequence[object]:
+    return [
+        MovedV2(account=e.account, delta=e.delta, source="v2") if isinstance(e, Moved) else e
+        for e in decide(states, command)
+    ]
+
+
+# the bank as a later release has it (a replica process upgraded before its writer, or a writer before its replica)
+BANK_NEWER: Domain[Any, Any, Any, Any] = dataclasses.replace(
+    cast("Domain[Any, Any, Any, Any]", BANK),
+    events=(Opened, MovedV2, Poisoned),
+    upcasters={("Moved", 1): _moved_v1_to_v2},
+    decide=_decide_newer,
+)
+
+
 @asynccontextmanager
 async def replica(
-    path: Path, nats_server: NatsServer, *, upstream: str | None = None, stream: str | None = None
+    path: Path,
+    nats_server: NatsServer,
+    *,
+    upstream: str | None = None,
+    stream: str | None = None,
+    upstream_db: str | None = None,
+    domain: Domain[Any, Any, Any, Any] = BANK,
 ) -> AsyncIterator[tuple[App, JetStreamFollower]]:
-    """A follower App fed by the stream (``upstream``: the writer's socket, for gaps and strong queries)."""
-    async with App(BANK, path, replicas=1, follower_of=upstream or "nats") as app, anyio.create_task_group() as tg:
-        follower = JetStreamFollower(app, nats_server.url, stream, upstream=upstream, backoff=FAST, idle=0.2)
+    """A follower App fed by the stream (``upstream``: the writer's socket, for gaps and strong queries;
+    ``upstream_db``: the writer's PostgreSQL log, for gaps)."""
+    async with App(domain, path, replicas=1, follower_of=upstream or "nats") as app, anyio.create_task_group() as tg:
+        follower = JetStreamFollower(
+            app, nats_server.url, stream, upstream=upstream, upstream_db=upstream_db, backoff=FAST, idle=0.2
+        )
         await tg.start(follower.run)
         try:
             yield app, follower
@@ -73,6 +116,38 @@ async def deposits(app: App, account: str, count: int) -> int:
     for _ in range(count):
         position = (await app.execute(Deposit(account=account, amount=1))).position
     return position
+
+
+async def trim_stream(app: App, publisher: JetStreamPublisher, nats_server: NatsServer, keep: int) -> None:
+    """Publish a few messages, then make the stream keep only its last ``keep``: its oldest positions are gone."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        head = await deposits(app, "a", 5)
+        with anyio.fail_after(20):
+            await publisher.wait_published(head)
+        info = await js.stream_info(publisher.stream)
+        await js.update_stream(info.config, max_msgs=keep)
+        for i in range(keep + 2):  # one message each: the stream keeps only the last ``keep``
+            head = await deposits(app, f"b{i}", 0)
+            with anyio.fail_after(20):
+                await publisher.wait_published(head)
+        assert (await js.stream_info(publisher.stream)).state.messages == keep
+    finally:
+        await nc.close()
+
+
+async def postgres_rows(dsn: str) -> list[tuple[object, ...]]:
+    """Every event of a PostgreSQL log, as :func:`log_rows` gives a SQLite log's."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        records = await conn.fetch(
+            "SELECT position, stream, version, type, schema, convert_from(data, 'UTF8'), recorded_at "
+            "FROM soloist.events ORDER BY position"
+        )
+    finally:
+        await conn.close()
+    return [tuple(record) for record in records]
 
 
 class TestJetStream:
@@ -138,21 +213,7 @@ class TestJetStream:
     async def test_late_replica_fills_from_the_writer(self, tmp_path: Path, nats_server: NatsServer) -> None:
         """A stream that dropped old messages: a new replica fetches the missing head from the writer's socket."""
         async with writer(tmp_path, nats_server) as (app, publisher, server, _tg):
-            nc = await nats.connect(nats_server.url)
-            try:
-                js = nc.jetstream()
-                head = await deposits(app, "a", 5)
-                with anyio.fail_after(20):
-                    await publisher.wait_published(head)
-                info = await js.stream_info(publisher.stream)
-                await js.update_stream(info.config, max_msgs=3)
-                for i in range(10):  # one message each: the stream keeps only the last three
-                    head = await deposits(app, f"b{i}", 0)
-                    with anyio.fail_after(20):
-                        await publisher.wait_published(head)
-                assert (await js.stream_info(publisher.stream)).state.messages == 3
-            finally:
-                await nc.close()
+            await trim_stream(app, publisher, nats_server, keep=3)
             upstream = f"127.0.0.1:{server.port}"
             async with replica(tmp_path / "late.db", nats_server, upstream=upstream) as (_copy, follower):
                 head = await deposits(app, "c", 3)
@@ -161,22 +222,45 @@ class TestJetStream:
                 assert follower.statistics().gaps_filled > 0
             assert log_rows(tmp_path / "late.db") == log_rows(tmp_path / "writer.db")
 
+    async def test_late_replica_fills_from_the_postgres_log(
+        self, tmp_path: Path, nats_server: NatsServer, postgres_dsn: str
+    ) -> None:
+        """A writer on PostgreSQL; a late replica without --upstream reads what the stream dropped from that log."""
+        async with writer(tmp_path, nats_server, db=postgres_dsn) as (app, publisher, _server, _tg):
+            await trim_stream(app, publisher, nats_server, keep=3)
+            async with replica(tmp_path / "late.db", nats_server, upstream_db=postgres_dsn) as (_copy, follower):
+                head = await deposits(app, "c", 3)
+                with anyio.fail_after(20):
+                    await follower.wait_position(head)
+                stats = follower.statistics()
+                assert stats.gaps_filled > 0
+                assert stats.log_id == app.log_id
+        expected = await postgres_rows(postgres_dsn)
+        assert len(expected) == head
+        assert log_rows(tmp_path / "late.db") == expected
+
+    async def test_postgres_log_of_another_log_is_refused(
+        self, tmp_path: Path, nats_server: NatsServer, postgres_dsn: str
+    ) -> None:
+        """--upstream-db naming another log than the stream's: the gap is not filled, WrongLog names both."""
+        async with writer(tmp_path, nats_server) as (app, publisher, _server, _tg):
+            await trim_stream(app, publisher, nats_server, keep=1)
+            refused: list[WrongLog] = []
+            try:
+                async with replica(tmp_path / "late.db", nats_server, upstream_db=postgres_dsn) as (copy, _follower):
+                    with anyio.fail_after(20):
+                        await anyio.sleep_forever()
+            except* WrongLog as group:  # raised in the follower's task, so it comes in its task groups
+                refused.extend(_leaves(group, WrongLog))
+            assert len(refused) == 1
+            assert refused[0].expected == app.log_id
+            assert "--upstream-db" in str(refused[0])
+            assert copy.position == 0
+
     async def test_late_replica_without_upstream_says_so(self, tmp_path: Path, nats_server: NatsServer) -> None:
         """Without --upstream, history the stream dropped cannot be fetched: the replica says what to do."""
         async with writer(tmp_path, nats_server) as (app, publisher, _server, _tg):
-            nc = await nats.connect(nats_server.url)
-            try:
-                js = nc.jetstream()
-                head = await deposits(app, "a", 0)
-                with anyio.fail_after(20):
-                    await publisher.wait_published(head)
-                info = await js.stream_info(publisher.stream)
-                await js.update_stream(info.config, max_msgs=1)
-                head = await deposits(app, "b", 0)
-                with anyio.fail_after(20):
-                    await publisher.wait_published(head)
-            finally:
-                await nc.close()
+            await trim_stream(app, publisher, nats_server, keep=1)
             async with replica(tmp_path / "late.db", nats_server) as (copy, follower):
                 with anyio.fail_after(20):
                     error = await follower.wait_error()
@@ -245,6 +329,48 @@ class TestJetStream:
                     link = stats["upstream"]
                     assert isinstance(link, dict)
                     assert link["stream"] == default_stream_name(BANK.name)
+
+
+class TestSchemaVersions:
+    async def test_a_newer_replica_upcasts_what_an_older_writer_publishes(
+        self, tmp_path: Path, nats_server: NatsServer
+    ) -> None:
+        """v1 ``Moved`` events reach a replica whose code has v2: upcast, stored as v2, read back after restart."""
+        async with (
+            writer(tmp_path, nats_server) as (app, _publisher, _server, _tg),
+            replica(tmp_path / "r1.db", nats_server, domain=BANK_NEWER) as (copy, follower),
+        ):
+            head = await deposits(app, "a", 3)
+            with anyio.fail_after(20):
+                await follower.wait_position(head)
+            moved = [event for event in await copy.store.read(0) if event.type == "Moved"]
+            assert [(e.data, e.schema) for e in moved] == [(MovedV2(account="a", delta=1, source="v1"), 2)] * 3
+        rows = [row for row in log_rows(tmp_path / "r1.db") if row[3] == "Moved"]
+        assert [(row[4], orjson.loads(cast("str", row[5]))["source"]) for row in rows] == [(2, "v1")] * 3
+        async with App(BANK_NEWER, tmp_path / "r1.db", replicas=1, follower_of="nats") as again:
+            assert [e.data for e in await again.store.read(0) if e.type == "Moved"] == [m.data for m in moved]
+
+    async def test_an_older_replica_refuses_what_a_newer_writer_publishes(
+        self, tmp_path: Path, nats_server: NatsServer
+    ) -> None:
+        """A replica whose code is older than the events stops with UnknownSchemaVersion, nothing misread."""
+        async with (
+            anyio.create_task_group() as outer,
+            App(BANK_NEWER, tmp_path / "writer.db", replicas=1) as app,
+        ):
+            publisher = JetStreamPublisher(app, nats_server.url, backoff=FAST, publish_timeout=1.0)
+            await outer.start(publisher.run)
+            await app.execute(Open(account="a"))
+            head = (await app.execute(Deposit(account="a", amount=1))).position
+            with anyio.fail_after(20):
+                await publisher.wait_published(head)
+            async with replica(tmp_path / "old.db", nats_server) as (copy, follower):
+                with anyio.fail_after(20):
+                    error = await follower.wait_error()
+                assert "'Moved' is schema version 2" in error, error
+                assert copy.position < head  # nothing of the newer event is applied or stored
+            assert [row[3] for row in log_rows(tmp_path / "old.db")] in ([], ["Opened"])
+            outer.cancel_scope.cancel()
 
 
 def test_names() -> None:

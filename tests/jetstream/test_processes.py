@@ -10,8 +10,12 @@ import anyio
 import pytest
 
 from soloist.net import Client
+from soloist.net._jetstream import default_stream_name
 from tests.e2e.processes import ROOT, _env, soloist
 from tests.jetstream.harness import log_rows
+from tests.observe.test_metrics import value
+from tests.observe.test_processes import http_port, metrics
+from tests.toy import BANK
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,6 +34,17 @@ async def session_balance(replica: SoloistProcess, account: str, position: int) 
         )
         assert answer.position >= position
         return answer.result
+
+
+async def published(client: Client, position: int) -> dict[str, object]:
+    """The writer's ``stats`` once its publisher reports ``position`` in the stream (polled, bounded)."""
+    with anyio.fail_after(20):
+        while True:
+            stats = (await client.stats())["publisher"]
+            assert isinstance(stats, dict)
+            if stats["published_position"] == position:
+                return stats
+            await anyio.sleep(0.02)  # another process's publisher: polled, bounded by fail_after
 
 
 class TestProcesses:
@@ -146,3 +161,40 @@ class TestProcesses:
         stderr = result.stderr.decode()
         assert "wrong_log" in stderr
         assert "JetStream stream 'B' carries log" in stderr
+
+
+class TestObservability:
+    async def test_publisher_and_follower_in_stats_and_metrics(self, tmp_path: Path, nats_server: NatsServer) -> None:
+        """The writer's stats op and /metrics show its publisher's position moving; the replica serves /metrics."""
+        nats, http = ("--nats", nats_server.url), ("--http-port", "0")
+        stream = default_stream_name(BANK.name)
+        async with (
+            soloist(tmp_path / "w.log", "serve", "--db", str(tmp_path / "w.db"), *nats, *http) as w,
+            soloist(tmp_path / "r.log", "replica", "--db", str(tmp_path / "r.db"), *nats, *http) as r,
+            Client.connect("127.0.0.1", w.port) as client,
+        ):
+            writer_http, replica_http = await http_port(w), await http_port(r)
+            assert (await published(client, 0))["stream"] == stream
+            assert value(await metrics(writer_http), "soloist_jetstream_published_position", stream=stream) == 0
+            await client.command("Open", {"account": "a"})
+            for _ in range(4):
+                receipt = await client.command("Deposit", {"account": "a", "amount": 1})
+            head = receipt["position"]
+            assert head == 5
+            stats = await published(client, head)
+            assert (stats["lag_events"], stats["connected"], stats["events"]) == (0, True, head)
+            scraped = await metrics(writer_http)
+            assert value(scraped, "soloist_jetstream_published_position", stream=stream) == head
+            assert value(scraped, "soloist_jetstream_lag_events", stream=stream) == 0
+            assert value(scraped, "soloist_jetstream_connected", stream=stream) == 1
+            assert value(scraped, "soloist_jetstream_events_total", stream=stream) == head
+            assert await session_balance(r, "a", head) == 4
+            followed = await metrics(replica_http)  # labelled with the NATS URL: this replica has no --upstream
+            assert value(followed, "soloist_info", role="follower") == 1
+            assert value(followed, "soloist_position") == head
+            assert value(followed, "soloist_follower_upstream_position", upstream=nats_server.url) == head
+            assert value(followed, "soloist_follower_lag_events", upstream=nats_server.url) == 0
+            assert value(followed, "soloist_follower_events_total", upstream=nats_server.url) == head
+            assert b"soloist_jetstream_" not in followed
+            assert await r.terminate() == 0
+            assert await w.terminate() == 0

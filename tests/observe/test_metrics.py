@@ -13,6 +13,7 @@ from soloist import App, DomainError, NotFound, Overloaded
 from soloist._metrics import Histogram, Metrics
 from soloist.net import Client, FollowerStatistics
 from soloist.net._http import HttpServer
+from soloist.net._jetstream import JetStreamPublisherStatistics
 from tests.net.harness import raw, serving
 from tests.toy import BANK, Deposit, Open
 
@@ -227,3 +228,44 @@ class TestHttpServer:
             assert status.startswith("HTTP/1.1 431")
             assert http.requests == 7  # the oversized head is refused before it is a request
             tg.cancel_scope.cancel()
+
+
+class _FakePublisher:
+    """Stands in for a JetStreamPublisher's statistics (a real one is covered in tests/jetstream)."""
+
+    def __init__(self) -> None:
+        self.published = 4
+
+    def statistics(self) -> JetStreamPublisherStatistics:
+        return JetStreamPublisherStatistics(
+            url="nats://127.0.0.1:4222",
+            stream="soloist-bank",
+            connected=True,
+            published_position=self.published,
+            lag_events=9 - self.published,
+            messages=2,
+            events=self.published,
+            sessions=1,
+            resyncs=1,
+            last_error=None,
+        )
+
+
+class TestPublisherMetrics:
+    async def test_publisher_position_and_lag_are_exported(self, tmp_path: Path) -> None:
+        """A JetStream publisher's position and lag are exported under its stream's label, and in the snapshot."""
+        async with App(BANK, tmp_path / "bank.db", replicas=1) as app:
+            publisher = _FakePublisher()
+            metrics = Metrics(app, publisher=publisher)
+            text = metrics.render()
+            assert value(text, "soloist_jetstream_published_position", stream="soloist-bank") == 4
+            assert value(text, "soloist_jetstream_lag_events", stream="soloist-bank") == 5
+            assert value(text, "soloist_jetstream_connected", stream="soloist-bank") == 1
+            publisher.published = 9
+            assert value(metrics.render(), "soloist_jetstream_lag_events", stream="soloist-bank") == 0
+            assert metrics.snapshot()["publisher"] == {
+                "stream": "soloist-bank",
+                "connected": True,
+                "published_position": 9,
+                "lag_events": 0,
+            }
