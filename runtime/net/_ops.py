@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, final
 import structlog
 
 from .._digest import Digest, digest_of
-from .._errors import ActorStopped, BadRequest, ConsistencyTimeout, CQRSError, InternalError
+from .._errors import BadRequest, Closed, ConsistencyTimeout, CQRSError, InternalError
 from .._messages import Answer, Receipt
 from ._errors import CommandTimeout, Unauthorized, UpstreamUnavailable
 from ._framing import Ok
@@ -281,7 +281,7 @@ class Ops:
         self, conn: Connection, pending: Pending, ask: Callable[[Replica], Answer], target: int, timeout: float
     ) -> None:
         """Answer once a replica reaches ``target``, or ``timeout`` (by callbacks: no task)."""
-        future = self._app.router.wait_future(target)  # fails with ActorStopped if no live replica is left
+        future = self._app.router.wait_future(target)  # fails with Broken if no live replica is left
         pending.timer = self._loop.call_later(timeout, self._query_timed_out, pending, future, target, timeout)
         conn.waits.add(future)
         future.add_done_callback(lambda f: self._query_ready(conn, pending, ask, target, f))
@@ -299,8 +299,9 @@ class Ops:
         if pending.finished:
             return
         if future.cancelled():
-            why = "the server is stopping" if conn.draining else "the replicas stopped"
-            pending.fail(ActorStopped(f"{why} while the query waited for position {target}; retry"))
+            # cancelled is always on purpose (a replica's death fails the future with Broken instead)
+            why = "the server is stopping" if conn.draining else "the replicas were stopped"
+            pending.fail(Closed(f"{why} while the query waited for position {target}; retry"))
         elif error is not None:
             pending.fail(error)
         else:
@@ -395,7 +396,7 @@ class Ops:
 
     def _rebuilt(self, pending: Pending, future: asyncio.Future[list[Digest]]) -> None:
         if future.cancelled():
-            pending.fail(ActorStopped("the rebuild was cancelled; the live read models kept serving"))
+            pending.fail(Closed("the rebuild was cancelled; the live read models kept serving"))
             return
         exc = future.exception()
         if exc is not None:

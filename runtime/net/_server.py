@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, final
 import anyio
 import structlog
 
-from .._errors import ActorStopped, CQRSError
+from .._errors import Closed, CQRSError
 from ._connection import Connection
 from ._framing import DEFAULT_MAX_LINE
 from ._ops import Ops
@@ -260,7 +260,7 @@ class Server:
 
     def _start_task(self, fn: Callable[[], Coroutine[object, object, None]]) -> None:
         if self._tg is None or self._stopping:
-            raise ActorStopped("the server is stopping")
+            raise Closed("the server is stopping")
         self._tg.start_soon(fn)
 
     def stats_payload(self) -> dict[str, object]:

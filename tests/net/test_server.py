@@ -480,6 +480,28 @@ class TestConnections:
         assert app.position == 2
 
 
+    async def test_graceful_stop_answers_a_waiting_query_closed(self, tmp_path: Path) -> None:
+        """A query waiting for a position when the server stops is answered ``closed`` (on purpose), not ``broken``."""
+        async with App(BANK, tmp_path / "bank.db", replicas=1) as app, anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+            server = Server(app, port=0)
+
+            async def run(*, task_status: TaskStatus[Server]) -> None:
+                with scope:
+                    await server.serve(task_status=task_status)
+
+            await tg.start(run)
+            async with raw(server) as conn:
+                await conn.request(id=1, op="query", type="Total", data={}, consistency="session", min_position=99)
+                await until(lambda: server.statistics().in_flight == 1)
+                scope.cancel()
+                answer = await conn.answer()
+                assert not answer["ok"]
+                assert answer["error"]["code"] == "closed", answer
+                assert "the server is stopping" in answer["error"]["message"]
+                assert await conn.closed()
+
+
 def _refused(port: int) -> bool:
     import socket
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import soloist
@@ -51,3 +54,28 @@ class TestPublicApi:
                     assert not any(a.name == "soloist" or a.name.startswith("soloist.") for a in node.names), (
                         f"{path} imports runtime"
                     )
+
+
+class TestWheel:
+    def test_the_wheel_installs_two_import_names(self, tmp_path: Path) -> None:
+        """``pip install soloist`` puts exactly ``soloist`` and ``soloist_shop`` on the path, with their data files
+        (the dashboard page, the typing markers) and no stray top-level module (``runtime``, ``domain``, ``tests``)."""
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        (wheel,) = tmp_path.glob("soloist-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            names = archive.namelist()
+        assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"soloist", "soloist_shop"}
+        for needed in (
+            "soloist/py.typed",
+            "soloist/net/dashboard.html",
+            "soloist/testing/plugin.py",
+            "soloist_shop/py.typed",
+        ):
+            assert needed in names, needed
+        packages = {name.rsplit("/", 1)[0] for name in names if name.endswith("/__init__.py")}
+        assert packages == {"soloist", "soloist/net", "soloist/testing", "soloist_shop"}
