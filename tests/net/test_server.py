@@ -479,7 +479,6 @@ class TestConnections:
                 assert await conn.closed()
         assert app.position == 2
 
-
     async def test_graceful_stop_answers_a_waiting_query_closed(self, tmp_path: Path) -> None:
         """A query waiting for a position when the server stops is answered ``closed`` (on purpose), not ``broken``."""
         async with App(BANK, tmp_path / "bank.db", replicas=1) as app, anyio.create_task_group() as tg:
