@@ -485,6 +485,9 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=32, help="(b): request/response callers per connection")
     parser.add_argument("--conns", type=int, default=16, help="(c): connections")
     parser.add_argument("--conn-depth", type=int, default=100, help="(c): queries in flight per connection")
+    parser.add_argument(
+        "--shapes", default="abc", help="which load shapes to measure (default abc); a partial run writes no JSON"
+    )
     parser.add_argument("--serve-echo", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo is not None:
@@ -513,6 +516,9 @@ def main() -> None:
             ("echo",),
         ),
     }
+    if not args.shapes or set(args.shapes) - set(shapes):
+        parser.error(f"--shapes takes letters of {''.join(shapes)}, got {args.shapes!r}")
+    shapes = {shape: spec for shape, spec in shapes.items() if shape in args.shapes}
     refs = {shape: spec[3] for shape, spec in shapes.items()}  # the references each shape is compared with
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -599,10 +605,14 @@ def main() -> None:
     headers.append("errors")
     print_table(title, headers, rows)
     notes = {s.name: s.notes for s in servers.values() if s.notes}
-    mean_batch = measures[("b", "soloist")].med("writer_mean_batch")
-    print(f"soloist's writer in (b): {mean_batch:.1f} commands per group commit (median of runs, from `stats`)")
+    mean_batch = measures[("b", "soloist")].med("writer_mean_batch") if "b" in shapes else float("nan")
+    if "b" in shapes:
+        print(f"soloist's writer in (b): {mean_batch:.1f} commands per group commit (median of runs, from `stats`)")
     for name, what in notes.items():
         print(f"note: {name}: {'; '.join(what)}")
+    if len(shapes) < 3:
+        print(f"a partial run (--shapes {args.shapes}): benchmarks/results/bench_socket.json is left as it was")
+        return
     path = write_json(
         "bench_socket",
         {
