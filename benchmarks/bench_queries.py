@@ -602,7 +602,10 @@ async def recover_writer(path: Path) -> int:
     commands = TypeRegistry("command", DOMAIN.commands)
     async with SQLiteStore(path, events) as store:
         writer = Writer(DOMAIN, store, commands=commands, events=events, publish=lambda batch: None)
-        await writer.recover()
+        # what App does at start for its writer (without replicas): replay the log, then load the keys
+        async for chunk in store.replay(writer.restore(None), await store.head()):
+            writer.replay(chunk)
+        await writer.load_keys()
         return writer.position
 
 

@@ -262,20 +262,6 @@ class Writer:
             undurable_peak=s.undurable_peak,
         )
 
-    async def recover(self, snapshot: tuple[int, bytes] | None = None) -> None:
-        """Rebuild the write model, stream versions and idempotency keys: a checkpoint (if any) + the log.
-
-        ``snapshot`` is ``(position, body)`` from :meth:`checkpoint`; if its body cannot be loaded (a class
-        changed, bytes damaged), the whole log is replayed instead. (:class:`App` does the same in one
-        pass over the log shared with its replicas: :meth:`restore`, :meth:`replay`, :meth:`load_keys`.)
-        """
-        started = time.perf_counter()
-        after = self.restore(snapshot)
-        async for chunk in self._log.replay(after, await self._log.head()):
-            self.replay(chunk)
-        await self.load_keys()
-        self.log_recovered(from_checkpoint=after, events=self._position - after, started=started)
-
     def restore(self, snapshot: tuple[int, bytes] | None) -> int:
         """Load a write-model checkpoint ``(position, body)`` if it loads; the position to replay after."""
         if snapshot is None:
