@@ -77,8 +77,8 @@ class TestRebuildOp:
             assert code == 0
             assert orjson.loads(out)["result"] == {"cancelled": False}
 
-    async def test_a_cancelled_rebuild_is_answered_stopped(self, tmp_path: Path) -> None:
-        """Cancelling a rebuild over the wire answers the waiting rebuild request with `stopped`."""
+    async def test_a_cancelled_rebuild_is_answered_closed(self, tmp_path: Path) -> None:
+        """Cancelling a rebuild over the wire answers the waiting rebuild request with `closed` (on purpose, not `broken`)."""
         async with serving(tmp_path, domain=DOMAIN, replicas=1) as (app, server):
             for command in seed_commands():
                 await app.execute(command)
@@ -87,5 +87,5 @@ class TestRebuildOp:
                 await conn.request(id=2, op="rebuild", cancel=True)  # handled before the rebuild task runs
                 answers = {a["id"]: a for a in [await conn.answer(), await conn.answer()]}
                 assert answers[2]["result"] == {"cancelled": True}
-                assert answers[1]["error"]["code"] == "stopped"
+                assert answers[1]["error"]["code"] == "closed"
                 assert "cancelled" in answers[1]["error"]["message"]
