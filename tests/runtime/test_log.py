@@ -105,3 +105,40 @@ class TestLogReader:
                 assert len(await reader.read(0, 10)) == 3
                 await log.append([(4, "account-a", 4, "Moved", 1, b'{"account": "a", "delta": 1}', "c", None, 0.0)])
                 assert len(await reader.read(0, 10)) == 4
+
+
+def big_rows(first: int, count: int, size: int) -> list[EventRow]:
+    """``count`` events of about ``size`` bytes of data each, every one on a stream of its own."""
+    return [
+        (p, f"account-{p}", 1, "Opened", 1, encode(Opened(account="x" * size)), "c", None, 0.0)
+        for p in range(first, first + count)
+    ]
+
+
+class TestCheckpointsBesideTheWriter:
+    async def test_the_wal_stays_short_and_nothing_is_lost(self, db: Path) -> None:
+        """Appends never checkpoint inside COMMIT; checkpoints beside the writer keep the WAL far shorter than
+        what was written (without them it grows by every commit), and every event reads back after a reopen."""
+        batches, per_batch, size = 200, 50, 1000  # about 10 MB of event data
+        wal = db.with_name(db.name + "-wal")
+        longest = 0
+        async with EventLog(db, checkpoint_bytes=256 << 10) as log:
+            for b in range(batches):
+                await log.append(big_rows(1 + b * per_batch, per_batch, size))
+                if b % 20 == 19:  # now and then, let the running checkpoint end (appends never wait for one)
+                    await log.wait_checkpoint()
+                longest = max(longest, wal.stat().st_size)
+            assert log.checkpoints >= 10
+        written = batches * per_batch * size
+        assert longest < written / 4, (longest, written)
+        async with EventLog(db) as log:
+            assert await log.head() == batches * per_batch
+        async with LogReader(db, EVENTS) as reader:
+            last = await reader.read(batches * per_batch - 1, 10)
+            assert [e.position for e in last] == [batches * per_batch]
+            assert last[0].data == Opened(account="x" * size)
+
+    async def test_the_writer_connection_never_checkpoints_on_commit(self, db: Path) -> None:
+        """The writer's connection has SQLite's automatic checkpoint off: a COMMIT is never a checkpoint."""
+        async with EventLog(db) as log:
+            assert log._c.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
