@@ -78,7 +78,7 @@ class TestRebuildOp:
             assert orjson.loads(out)["result"] == {"cancelled": False}
 
     async def test_a_cancelled_rebuild_is_answered_closed(self, tmp_path: Path) -> None:
-        """Cancelling a rebuild over the wire answers the waiting rebuild request with `closed` (on purpose, not `broken`)."""
+        """Cancelling a rebuild over the wire answers the waiting rebuild request `closed` (on purpose)."""
         async with serving(tmp_path, domain=DOMAIN, replicas=1) as (app, server):
             for command in seed_commands():
                 await app.execute(command)
