@@ -17,7 +17,8 @@ own (``-js``, a temporary store, a free port):
 3. **Replica lag at half the writer's saturation**: ``--lag-replicas`` (1) replicas are kept, the others
    stopped; after 10.5 s idle (so the replicas' 10 s lag window holds nothing of their start-up catch-up) a
    paced load process sends ``PlaceOrder`` commands at half the commands/s measured in 1 (with the publisher)
-   for 2 x ``--seconds``; then each replica's ``stats`` gives its lag over the last 10 s: p50/p99 in ms
+   for 2 x ``--seconds``, ``--lag-runs`` (3) times, 10.5 s apart; after each, each replica's ``stats`` gives its
+   lag over the last 10 s (the table shows each window and the medians): p50/p99 in ms
    (the message's ``Soloist-Committed-At`` header, the writer's commit time stamped by the publisher, to the
    replica's local commit of that message, wall clocks of one machine; a message the publisher read back
    from the log carries none, and its last event's ``recorded_at`` stands in) and in events (the writer's
@@ -259,14 +260,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 for r in replicas[args.lag_replicas :]:
                     r.stop()
                 replicas = replicas[: args.lag_replicas]
-                time.sleep(10.5)
                 rate = saturation / 2
-                paced = pool.submit(run_paced, w.port, rate, args.seconds * 2, "lag").result()
-                head = position_of(w.port)
-                for r in replicas:
-                    caught_up(r, head)
-                    link = request(r.port, {"op": "stats"})["result"]["upstream"]
-                    results["lag"].append({"replica": r.name, "rate": paced["rate"], "errors": paced["errors"], **link})
+                for run in range(args.lag_runs):  # each window apart: the replicas' lag window (10 s) forgets
+                    time.sleep(10.5)
+                    paced = pool.submit(run_paced, w.port, rate, args.seconds * 2, f"lag{run}").result()
+                    head = position_of(w.port)
+                    for r in replicas:
+                        caught_up(r, head)
+                        link = request(r.port, {"op": "stats"})["result"]["upstream"]
+                        lag_row: dict[str, Any] = {
+                            "replica": r.name,
+                            "run": run,
+                            "rate": paced["rate"],
+                            "errors": paced["errors"],
+                            **link,
+                        }
+                        results["lag"].append(lag_row)
             finally:
                 for s in [*replicas, w]:
                     s.stop()
@@ -288,9 +297,10 @@ def main() -> None:
     parser.add_argument("--conn-depth", type=int, default=100)
     parser.add_argument("--max-replicas", type=int, default=3)
     parser.add_argument("--lag-replicas", type=int, default=1, help="replicas kept for the lag measurement")
+    parser.add_argument("--lag-runs", type=int, default=3, help="lag windows, 10.5 s apart (table: each, median)")
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.seconds, args.warmup = 1, 2.0, 0.5
+        args.runs, args.seconds, args.warmup, args.lag_runs = 1, 2.0, 0.5, 1
     results = measure(args)
 
     commands = results["commands"]
@@ -312,21 +322,17 @@ def main() -> None:
             for n, q in sorted(results["queries"].items())
         ],
     )
+    figures = ("rate", "lag_ms_p50", "lag_ms_p99", "lag_events_p50", "lag_events_p99", "lag_samples")
+    lag_rows = [
+        [f"{lag['replica']} #{lag['run'] + 1}", *(float(lag[k] or 0) for k in figures)] for lag in results["lag"]
+    ]
+    medians = {k: median([float(lag[k] or 0) for lag in results["lag"]]) for k in figures}
+    results["lag_median"] = medians
     print_table(
-        "Replica lag at half the writer's saturation (each replica's last 10 s)",
-        ["replica", "cmds/s", "p50 ms", "p99 ms", "p50 events", "p99 events", "messages"],
-        [
-            [
-                lag["replica"],
-                lag["rate"],
-                float(lag["lag_ms_p50"] or 0),
-                float(lag["lag_ms_p99"] or 0),
-                float(lag["lag_events_p50"] or 0),
-                float(lag["lag_events_p99"] or 0),
-                int(lag["lag_samples"]),
-            ]
-            for lag in results["lag"]
-        ],
+        f"Replica lag at half the writer's saturation ({args.lag_runs} windows of {args.seconds * 2:g} s; "
+        "each replica's stats over its last 10 s)",
+        ["replica #window", "cmds/s", "p50 ms", "p99 ms", "p50 events", "p99 events", "messages"],
+        [*lag_rows, ["median", *medians.values()]],
     )
     write_json("bench_jetstream", {"args": vars(args), "environment": environment(*PACKAGES), "results": results})
 
