@@ -364,12 +364,16 @@ class NotALog(PersistenceError):
 
     code = "not_a_log"
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        reason: str,
+        *,
+        fix: str = "point --db at an existing soloist log or at a new file name (it will be created), never at "
+        "another program's database",
+    ) -> None:
         self.path = path
-        super().__init__(
-            f"{path} is not a soloist event log: {reason}; point --db at an existing soloist log or at a "
-            "new file name (it will be created), never at another program's database"
-        )
+        super().__init__(f"{path} is not a soloist event log: {reason}; {fix}")
 
 
 class LogMismatch(PersistenceError):

@@ -35,7 +35,15 @@ import anyio
 import asyncpg
 import structlog
 
-from ._errors import ConcurrencyError, Fenced, LogCorrupted, PersistenceError, ReadOnlyStorage, StorageFull
+from ._errors import (
+    ConcurrencyError,
+    Fenced,
+    LogCorrupted,
+    NotALog,
+    PersistenceError,
+    ReadOnlyStorage,
+    StorageFull,
+)
 from ._log import StoredRow, decode_rows, replay_reads
 from ._store import EventRow, KeyRow, StoredKey
 
@@ -196,7 +204,10 @@ class PostgresStore:
         schema: str = "soloist",
         read_connections: int = 2,
         connect_timeout: float = 10.0,
+        create: bool = True,
     ) -> None:
+        """``create=False``: a reader of someone else's log (a replica's ``--upstream-db``), which must never
+        create a log where there is none: an empty schema is :class:`NotALog` instead."""
         if not schema.isidentifier() or schema.lower() != schema:
             raise ValueError(f"schema {schema!r}: use a lower-case identifier such as 'soloist'")
         self._dsn = dsn
@@ -204,6 +215,7 @@ class PostgresStore:
         self._schema = schema
         self._read_connections = read_connections
         self._connect_timeout = connect_timeout
+        self._create = create
         self.where = f"{describe_dsn(dsn)} schema {schema}"
         self._conn: asyncpg.Connection | None = None
         # one operation at a time on the writer's connection (asyncpg refuses overlapping ones): an append
@@ -263,6 +275,12 @@ class PostgresStore:
                         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", name
                     )
                 }
+                if not tables and not self._create:
+                    raise NotALog(
+                        self.where,
+                        f"schema {name!r} holds no tables (a reader of the log creates none)",
+                        fix="point --upstream-db at the database its writer's --db names",
+                    )
                 if not tables:
                     await conn.execute(_DDL.format(s=s, format=FORMAT))
                 elif not tables >= _TABLES:

@@ -53,7 +53,7 @@ from nats.js import api
 
 from .._errors import CQRSError, LogCorrupted, WrongLog
 from .._messages import RecordedEvent, encode
-from .._store import describe_target, open_store
+from .._store import describe_target
 from ._client import EventStream, _Endpoint, _tcp
 from ._errors import ConnectionLost, UpstreamUnavailable
 from ._follower import Follower, _recorded, parse_address
@@ -483,7 +483,9 @@ class _PostgresLog:
         self.where = f"the log {describe_target(dsn)} (--upstream-db)"
 
     async def events(self, after: int) -> AsyncGenerator[list[RecordedEvent]]:
-        store = open_store(self._dsn, self._app.events)
+        from .._postgres import PostgresStore  # only a replica given --upstream-db imports the driver
+
+        store = PostgresStore(self._dsn, self._app.events, create=False)  # read, never create a log there
         try:
             await store.open()
             self._check_log(store.log_id, self.where)  # WrongLog, as for a stream of another log

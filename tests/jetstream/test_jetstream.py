@@ -243,6 +243,8 @@ class TestJetStream:
         self, tmp_path: Path, nats_server: NatsServer, postgres_dsn: str
     ) -> None:
         """--upstream-db naming another log than the stream's: the gap is not filled, WrongLog names both."""
+        async with App(BANK, postgres_dsn, replicas=1) as other:  # another writer's log in that database
+            await other.execute(Open(account="elsewhere"))
         async with writer(tmp_path, nats_server) as (app, publisher, _server, _tg):
             await trim_stream(app, publisher, nats_server, keep=1)
             refused: list[WrongLog] = []
@@ -256,6 +258,27 @@ class TestJetStream:
             assert refused[0].expected == app.log_id
             assert "--upstream-db" in str(refused[0])
             assert copy.position == 0
+
+    async def test_a_database_without_a_log_is_read_not_written(
+        self, tmp_path: Path, nats_server: NatsServer, postgres_dsn: str
+    ) -> None:
+        """--upstream-db naming a database that holds no soloist log: the replica says so and creates nothing."""
+        async with writer(tmp_path, nats_server) as (app, publisher, _server, _tg):
+            await trim_stream(app, publisher, nats_server, keep=1)
+            async with replica(tmp_path / "late.db", nats_server, upstream_db=postgres_dsn) as (copy, follower):
+                with anyio.fail_after(20):
+                    error = await follower.wait_error()
+                assert "is not a soloist event log" in error
+                assert "--upstream-db" in error
+                assert copy.position == 0
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            created = await conn.fetchval(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'soloist'"
+            )
+        finally:
+            await conn.close()
+        assert created == 0
 
     async def test_late_replica_without_upstream_says_so(self, tmp_path: Path, nats_server: NatsServer) -> None:
         """Without --upstream, history the stream dropped cannot be fetched: the replica says what to do."""
