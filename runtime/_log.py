@@ -182,6 +182,7 @@ def _placed(exc: UnknownSchemaVersion, rows: Sequence[StoredRow], events: TypeRe
 
 
 _first = operator.itemgetter(0)
+_data_of: Final = operator.itemgetter(5)  # an EventRow's data (bytes)
 
 
 def check_contiguous(where: str | Path, after: int, events: Sequence[RecordedEvent]) -> None:
@@ -497,9 +498,7 @@ class EventLog:
     # -- checkpoints beside the writer ------------------------------------------------------------------
 
     def _count(self, rows: Sequence[EventRow]) -> None:
-        appended = self._appended
-        for row in rows:
-            appended += len(row[5])
+        appended = self._appended + sum(map(len, map(_data_of, rows)))
         self._appended = appended
         if appended >= self._checkpoint_bytes and (self._checkpoint_run is None or self._checkpoint_run.done()):
             self._appended = 0
