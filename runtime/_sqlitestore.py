@@ -47,11 +47,13 @@ class SQLiteStore:
         self.log = EventLog(self.path, synchronous=synchronous)
         self._reader = LogReader(self.path, events)
         self.log_id = ""
+        self._head = 0  # the last position appended: a batch must start right after it (no gap, no overlap)
 
     async def open(self) -> None:
         await self.log.open()
         try:
             await self._reader.open()
+            self._head = await self.log.head()
         except BaseException:
             await self.log.aclose()
             raise
@@ -71,6 +73,13 @@ class SQLiteStore:
         await self.aclose()
 
     async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
+        if rows and (rows[0][0] != self._head + 1 or rows[-1][0] - rows[0][0] != len(rows) - 1):
+            # the flock keeps other writers out, so the head is known: two comparisons, no query
+            raise ConcurrencyError(
+                f"{self.path}: the batch holds positions {rows[0][0]}..{rows[-1][0]} ({len(rows)} events), but the "
+                f"log's head is {self._head}: a batch must continue it without a gap; the writer's state is stale: "
+                "restart it so that it recovers from the log"
+            )
         try:
             await self.log.append(rows, keys)
         except PersistenceError as exc:
@@ -82,6 +91,8 @@ class SQLiteStore:
                     "restart it so that it recovers from the log"
                 ) from exc
             raise
+        if rows:
+            self._head = rows[-1][0]
 
     async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
         return await self._reader.read(after, limit)

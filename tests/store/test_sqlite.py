@@ -22,10 +22,6 @@ class TestSQLiteStore(EventStoreContract):
     def make_store(self) -> SQLiteStore:
         return SQLiteStore(self.path, EVENTS)
 
-    async def test_gap_is_refused(self) -> None:
-        """Not yet for SQLite: today's append trigger does not compare the batch with the head."""
-        pytest.xfail("the SQLite log checks positions at recovery (LogCorrupted), not at append; see _sqlitestore")
-
     async def test_second_writer_is_locked_out(self) -> None:
         """A second store on the same file cannot open while the first is open (flock)."""
         async with self.opened() as store:
