@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -16,7 +16,7 @@ from tests.net.harness import RawConnection, raw, serving
 from tests.toy import BANK
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
     from anyio.abc import TaskStatus
@@ -457,48 +457,45 @@ class TestConnections:
 
     async def test_graceful_stop_answers_in_flight(self, tmp_path: Path) -> None:
         """Stopping the server stops accepting, answers the command in flight, then closes."""
-        async with App(BANK, tmp_path / "bank.db", replicas=1) as app, anyio.create_task_group() as tg:
-            scope = anyio.CancelScope()
-            server = Server(app, port=0)
-
-            async def run(*, task_status: TaskStatus[Server]) -> None:
-                with scope:
-                    await server.serve(task_status=task_status)
-
-            await tg.start(run)
-            async with raw(server) as conn:
-                await open_accounts(conn, "a")
-                with write_lock(app.path):
-                    await conn.request(id=1, op="command", type="Deposit", data={"account": "a", "amount": 2})
-                    await until(lambda: server.statistics().in_flight == 1)
-                    scope.cancel()
-                    await until(lambda: _refused(server.port))
-                answer = await conn.answer()
-                assert answer["ok"]
-                assert answer["position"] == 2
-                assert await conn.closed()
+        async with stoppable(tmp_path) as (app, server, scope), raw(server) as conn:
+            await open_accounts(conn, "a")
+            with write_lock(app.path):
+                await conn.request(id=1, op="command", type="Deposit", data={"account": "a", "amount": 2})
+                await until(lambda: server.statistics().in_flight == 1)
+                scope.cancel()
+                await until(lambda: _refused(server.port))
+            answer = await conn.answer()
+            assert answer["ok"]
+            assert answer["position"] == 2
+            assert await conn.closed()
         assert app.position == 2
 
     async def test_graceful_stop_answers_a_waiting_query_closed(self, tmp_path: Path) -> None:
         """A query waiting for a position when the server stops is answered ``closed`` (on purpose), not ``broken``."""
-        async with App(BANK, tmp_path / "bank.db", replicas=1) as app, anyio.create_task_group() as tg:
-            scope = anyio.CancelScope()
-            server = Server(app, port=0)
+        async with stoppable(tmp_path) as (_app, server, scope), raw(server) as conn:
+            await conn.request(id=1, op="query", type="Total", data={}, consistency="session", min_position=99)
+            await until(lambda: server.statistics().in_flight == 1)
+            scope.cancel()
+            answer = await conn.answer()
+            assert not answer["ok"]
+            assert answer["error"]["code"] == "closed", answer
+            assert "the server is stopping" in answer["error"]["message"]
+            assert await conn.closed()
 
-            async def run(*, task_status: TaskStatus[Server]) -> None:
-                with scope:
-                    await server.serve(task_status=task_status)
 
-            await tg.start(run)
-            async with raw(server) as conn:
-                await conn.request(id=1, op="query", type="Total", data={}, consistency="session", min_position=99)
-                await until(lambda: server.statistics().in_flight == 1)
-                scope.cancel()
-                answer = await conn.answer()
-                assert not answer["ok"]
-                assert answer["error"]["code"] == "closed", answer
-                assert "the server is stopping" in answer["error"]["message"]
-                assert await conn.closed()
+@asynccontextmanager
+async def stoppable(tmp_path: Path) -> AsyncIterator[tuple[App, Server, anyio.CancelScope]]:
+    """An App and its server, and the scope whose cancel stops the server gracefully (as SIGTERM does)."""
+    async with App(BANK, tmp_path / "bank.db", replicas=1) as app, anyio.create_task_group() as tg:
+        scope = anyio.CancelScope()
+        server = Server(app, port=0)
+
+        async def run(*, task_status: TaskStatus[Server]) -> None:
+            with scope:
+                await server.serve(task_status=task_status)
+
+        await tg.start(run)
+        yield app, server, scope
 
 
 def _refused(port: int) -> bool:
