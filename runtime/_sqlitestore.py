@@ -52,8 +52,8 @@ class SQLiteStore:
     async def open(self) -> None:
         await self.log.open()
         try:
-            await self._reader.open()
             self._head = await self.log.head()
+            await self._reader.open()
         except BaseException:
             await self.log.aclose()
             raise
