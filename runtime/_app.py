@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -180,6 +181,10 @@ class App:
             SnapshotStore(snapshot_dir, domain=f"{domain.name}.writer") if snapshot_dir is not None else None
         )
         self._last_writer_checkpoint = 0
+        self._snapshot_dir = snapshot_dir
+        # the process managers' checkpoints (those that declare their state_type), by name, under their own names
+        self._process_snapshots: dict[str, SnapshotStore] = {}
+        self._last_process_checkpoint: dict[str, int] = {}
         self._snapshot_every = snapshot_every
         self._query_timeout = query_timeout
         self.follower_of = follower_of
@@ -273,6 +278,7 @@ class App:
         replay_started = time.perf_counter()
         if not self._standby:
             self._make_processes()  # a standby makes them when it takes over
+            await self._restore_processes(head)
         await self._replay_at_start(head, replicas)
         if self._writer is not None and not self._standby:
             await self._writer.load_keys()
@@ -403,7 +409,7 @@ class App:
         writer = self._writer
         processes = tuple(self._processes.values())  # folded here too: one pass, not one per reader
         starts = [r.position for r in replicas] + ([writer.position] if writer is not None else [])
-        starts += [p.position for p in processes]  # no checkpoint of their own yet: folded from 0
+        starts += [p.position for p in processes]  # from their checkpoints (state_type), else from 0
         after = min(starts)
         if after >= head:
             return
@@ -681,6 +687,7 @@ class App:
             return None
         async with self._checkpoint_lock:  # one at a time: the periodic one and the one at exit may overlap
             await self._checkpoint_writer()
+            await self._checkpoint_processes()
             replica = self._router.most_advanced()
             if replica is None:
                 return None
@@ -749,6 +756,37 @@ class App:
             self._processes[manager.name] = ProcessRunner(
                 manager, subscribe=broadcast.subscribe, execute=self._execute_keyed, head=self._head
             )
+            if self._snapshot_dir is not None and manager.state_type is not None:
+                self._process_snapshots[manager.name] = SnapshotStore(
+                    self._snapshot_dir,
+                    domain=f"{self.domain.name}.process.{manager.name}",
+                    log_id=self.log_id,
+                    schema=manager.state_version,
+                )
+
+    async def _restore_processes(self, head: int) -> None:
+        """Each process manager with a checkpoint starts from it (the one pass folds only what came after)."""
+        for name, store in self._process_snapshots.items():
+            found = await anyio.to_thread.run_sync(functools.partial(store.load, max_position=head))
+            if found is not None and self._processes[name].restore(found.position, found.body):
+                self._last_process_checkpoint[name] = found.position
+                _log.info("process_restored", process=name, position=found.position)
+
+    async def _checkpoint_processes(self) -> None:
+        """Each process state at its position; one that fails (a state its state_type cannot encode, a full disk)
+        is logged and skipped: the others and the read models are still checkpointed."""
+        for name, store in self._process_snapshots.items():
+            try:
+                taken = self._processes[name].checkpoint()  # state and position together, in the loop
+                if taken is None or taken[0] == self._last_process_checkpoint.get(name):
+                    continue
+                position, body = taken
+                path = await anyio.to_thread.run_sync(store.write_bytes, position, body)
+            except Exception as exc:
+                _log.error("process_checkpoint_failed", process=name, error=f"{type(exc).__name__}: {exc}")
+                continue
+            self._last_process_checkpoint[name] = position
+            _log.info("process_checkpoint_written", process=name, path=str(path), position=position)
 
     async def _start_processes(self, tg: TaskGroup) -> None:
         """Start the process managers: folded up to the head at start, each follows the log from there."""

@@ -137,6 +137,7 @@ def checkout_process(
         steps=steps,
         wake_at=next_deadline,
         events=FOLDED,  # not every order: only those placed with a payment token have a PaymentRequested
+        state_type=CheckoutState,  # checkpointed with the read models: a start folds only what came after
         attempt_timeout=attempt_timeout,
         backoff=backoff,
     )
