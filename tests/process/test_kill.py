@@ -37,7 +37,10 @@ async def shop_server(tmp_path: Path, *, deadline: float = 30.0, run: int = 0) -
     env["SOLOIST_SHOP_PAYMENT_DEADLINE"] = str(deadline)
     env["SOLOIST_SHOP_GATEWAY_CRASH"] = "1"
     log = tmp_path / f"server-{run}.log"
-    args = ("serve", "--db", str(tmp_path / "shop.db"), "--replicas", "1")
+    # checkpoints every few events (read models, write model, the checkout's state): a restart after kill -9
+    # starts from whichever it finds, and the checkout must still end every order exactly once
+    snapshots = ("--snapshot-dir", str(tmp_path / "snapshots"), "--snapshot-every", "5")
+    args = ("serve", "--db", str(tmp_path / "shop.db"), "--replicas", "1", *snapshots)
     async with soloist(log, *args, domain=None, env=env) as running:  # the shop: the CLI's default domain
         yield running
 
