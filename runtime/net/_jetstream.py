@@ -52,6 +52,7 @@ import structlog
 from nats.js import api
 
 from .._errors import CQRSError, LogCorrupted, WrongLog
+from .._log import StoredRow, decode_rows
 from .._messages import RecordedEvent, encode
 from .._store import describe_target
 from ._client import EventStream, _Endpoint, _tcp
@@ -756,22 +757,15 @@ class JetStreamFollower(_NatsLink):
                 pending, samples = [], []
                 await self._close_gap(first)
                 position = self.app.position
-            # the data is at the publisher's version of its type (``schema``): older is upcast to this
-            # process's version (the local log then stores it as that), newer is refused (UnknownSchemaVersion)
-            registry = self.app.events
-            events = [
-                RecordedEvent(
-                    position=p,
-                    stream=s,
-                    version=v,
-                    type=t,
-                    data=registry.decode_stored(t, raw, schema),
-                    recorded_at=at,
-                    schema=registry.current_schema(t, schema),
-                )
+            # the data is at the publisher's version of its type (``schema``): the log's one row decoder upcasts
+            # an older one to this process's version (the local log then stores it as that) and refuses a newer
+            # one (UnknownSchemaVersion, naming its position); a published row carries no command id or key
+            rows: list[StoredRow] = [
+                (p, s, v, t, schema, raw, "", None, at)
                 for p, s, v, t, schema, raw, at in _decode_rows(message.data)
                 if p > position
             ]
+            events = decode_rows(rows, self.app.events)
             self._skipped += (last - first + 1) - len(events)
             if events:
                 pending.extend(events)

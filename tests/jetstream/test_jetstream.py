@@ -390,7 +390,7 @@ class TestSchemaVersions:
             async with replica(tmp_path / "old.db", nats_server) as (copy, follower):
                 with anyio.fail_after(20):
                     error = await follower.wait_error()
-                assert "'Moved' is schema version 2" in error, error
+                assert f"'Moved' at position {head} is schema version 2" in error, error  # named by decode_rows
                 assert copy.position < head  # nothing of the newer event is applied or stored
             assert [row[3] for row in log_rows(tmp_path / "old.db")] in ([], ["Opened"])
             outer.cancel_scope.cancel()
