@@ -181,7 +181,6 @@ class App:
             SnapshotStore(snapshot_dir, domain=f"{domain.name}.writer") if snapshot_dir is not None else None
         )
         self._last_writer_checkpoint = 0
-        self._snapshot_dir = snapshot_dir
         # the process managers' checkpoints (those that declare their state_type), by name, under their own names
         self._process_snapshots: dict[str, SnapshotStore] = {}
         self._last_process_checkpoint: dict[str, int] = {}
@@ -756,9 +755,9 @@ class App:
             self._processes[manager.name] = ProcessRunner(
                 manager, subscribe=broadcast.subscribe, execute=self._execute_keyed, head=self._head
             )
-            if self._snapshot_dir is not None and manager.state_type is not None:
+            if self._snapshots is not None and manager.state_type is not None:  # beside the read models'
                 self._process_snapshots[manager.name] = SnapshotStore(
-                    self._snapshot_dir,
+                    self._snapshots.directory,
                     domain=f"{self.domain.name}.process.{manager.name}",
                     log_id=self.log_id,
                     schema=manager.state_version,
