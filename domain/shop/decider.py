@@ -89,10 +89,9 @@ class _ByType(Generic[_R]):
     for every command and event, and this halves their dispatch cost).
     """
 
-    __slots__ = ("_fallback", "_table")
+    __slots__ = ("_table",)
 
-    def __init__(self, fallback: Callable[..., _R]) -> None:
-        self._fallback = fallback
+    def __init__(self) -> None:
         self._table: dict[type, Callable[..., _R]] = {}
 
     def register(self, cls: type) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
@@ -102,8 +101,10 @@ class _ByType(Generic[_R]):
 
         return add
 
-    def __call__(self, first: object, second: object) -> _R:
-        return self._table.get(type(first), self._fallback)(first, second)
+    def lookup(self) -> Callable[[type, Callable[..., _R]], Callable[..., _R]]:
+        """The table's ``get``: ``lookup()(type(first), fallback)(first, second)`` dispatches in the caller's
+        frame (one Python call less per dispatch than a ``__call__``: decide and evolve run per command)."""
+        return self._table.get
 
 
 def decide(states: Mapping[str, State], command: object) -> list[Event]:
@@ -111,7 +112,7 @@ def decide(states: Mapping[str, State], command: object) -> list[Event]:
 
     Raises TypeError for an object that is not a shop command.
     """
-    return _decide(command, states)
+    return _decide_for(type(command), _not_a_command)(command, states)
 
 
 def evolve(state: State | None, event: object) -> State:
@@ -120,7 +121,7 @@ def evolve(state: State | None, event: object) -> State:
     Never mutates `state`. Raises TypeError for an object that is not a shop event, or for an event
     that needs an existing state of a particular kind and is given something else.
     """
-    return _evolve(event, state)
+    return _evolve_for(type(event), _not_an_event)(event, state)
 
 
 # -- decide ------------------------------------------------------------------------------------
@@ -159,7 +160,8 @@ def _not_a_command(command: object, states: Mapping[str, State]) -> list[Event]:
     )
 
 
-_decide: _ByType[list[Event]] = _ByType(_not_a_command)
+_decide: _ByType[list[Event]] = _ByType()
+_decide_for = _decide.lookup()
 
 
 @_decide.register(RegisterCustomer)
@@ -327,7 +329,8 @@ def _not_an_event(event: object, state: State | None) -> State:
     )
 
 
-_evolve: _ByType[State] = _ByType(_not_an_event)
+_evolve: _ByType[State] = _ByType()
+_evolve_for = _evolve.lookup()
 
 
 @_evolve.register(CustomerRegistered)
