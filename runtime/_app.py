@@ -605,7 +605,10 @@ class App:
 
     def query_nowait(self, query: object) -> Answer:
         """Eventual consistency, answered now in the caller's task (no hop)."""
-        return self.router.query_nowait(query)
+        router = self._router  # not the property: one frame less on every query
+        if router is None:
+            raise Closed("the app is not running; use `async with App(...) as app`")
+        return router.query_nowait(query)
 
     async def query(
         self,

@@ -109,8 +109,12 @@ class QueryRouter:
 
     def answer_now(self, query: object, target: int = 0) -> Answer | None:
         """Answer from the replica :meth:`replica_for` picks, now; None if the caller must wait."""
-        replica = self.replica_for(target)
-        return None if replica is None else replica.query_nowait(query)
+        replica = self.pick(target)  # the common case, without replica_for's frame (every eventual query)
+        if replica is None:
+            replica = self.replica_for(target)
+            if replica is None:
+                return None
+        return replica.query_nowait(query)
 
     def query_nowait(self, query: object, target: int = 0) -> Answer:
         """Answer now from a replica at ``target`` or beyond; :class:`ConsistencyTimeout` if none is there yet."""

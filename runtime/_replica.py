@@ -17,7 +17,7 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 import structlog
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Replica", "ReplicaStatistics"]
 
 _log = structlog.get_logger("soloist.replica")
+_new_tuple: Final = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,19 +165,16 @@ class Replica:
     # -- queries ---------------------------------------------------------------------------------------
 
     def query_nowait(self, query: object) -> Answer:
-        """Answer from this replica's models now, at its current position."""
-        return Answer(self.result(query), self.position)
-
-    def result(self, query: object) -> object:
-        """The result of ``query`` from this replica's models now (it reflects :attr:`position`).
+        """Answer from this replica's models now, at its current position.
 
         Domain exceptions are translated to the runtime's errors (:meth:`failure`).
         """
         self._queries += 1
         try:
-            return self.models.query(query)
+            result = self.models.query(query)
         except Exception as exc:
             raise self.failure(query, exc) from exc
+        return _new_tuple(Answer, (result, self.position))  # skips the NamedTuple's Python-level __new__
 
     def failure(self, query: object, exc: Exception) -> CQRSError:
         """The runtime error for an exception the read models raised answering ``query``.
