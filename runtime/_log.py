@@ -368,7 +368,6 @@ class EventLog:
                 "newer SQLite"
             )
         check_log_file(self.path)
-        check_log_file(self.path)
         self._acquire_lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soloist-log-writer")
         try:
