@@ -56,6 +56,7 @@ from ._messages import Answer as Answer
 from ._messages import Receipt as Receipt
 from ._messages import RecordedEvent as RecordedEvent
 from ._process import Call as Call
+from ._process import Instances as Instances
 from ._process import Issue as Issue
 from ._process import Parked as Parked
 from ._process import ProcessManager as ProcessManager
@@ -82,6 +83,7 @@ __all__ = [
     "DomainError",
     "Fenced",
     "IdempotencyConflict",
+    "Instances",
     "InternalError",
     "Issue",
     "LogCorrupted",

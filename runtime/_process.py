@@ -14,6 +14,14 @@ A :class:`ProcessManager` is declared like a decider, as pure functions:
 - ``wake_at(state) -> float | None`` is the earliest wall-clock time at which ``steps`` could change
   without a new event (the next deadline), so the runner sleeps until then.
 
+Many instances: a process whose state holds many independent instances (the shop's checkout: one per open
+order) declares them with :class:`Instances` instead of ``steps``/``wake_at``: ``of(event)`` names the instance an
+event concerns, ``keys(state)`` lists them, and ``steps``/``wake_at`` answer for one instance. The runner then asks
+only the instances a committed batch touched (and those whose timer fell due) what they want, so a batch costs
+the same with ten open instances or ten thousand. With one ``steps(state, now)`` over the whole state, every
+batch asks the whole state (measured on the checkout: 4,000 open orders took 75% of the loop, and the backlog
+grew faster than it drained).
+
 Effects exactly once: every step carries a key derived from what caused it (``"checkout:o-1:cancel"``).
 A command is executed with that key as its idempotency key, so re-issuing it after a crash is a duplicate
 the writer recognises; a :class:`Call` hands the key to the outside system (which must be idempotent by
@@ -28,6 +36,8 @@ exponential backoff while the step is wanted. An operator retries or skips a par
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -41,7 +51,7 @@ from ._errors import ActorStopped, ConcurrencyError, CQRSError, DomainError, Not
 from ._messages import encode
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from anyio.abc import TaskGroup, TaskStatus
 
@@ -50,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Call",
+    "Instances",
     "Issue",
     "Parked",
     "ProcessManager",
@@ -90,15 +101,33 @@ def _never(state: object) -> float | None:
     return None
 
 
+def _never_for(state: object, instance: str) -> float | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Instances(Generic[P]):
+    """The independent instances a process's state holds (see the module docstring), each asked on its own."""
+
+    of: Callable[[RecordedEvent], str]  # the instance a (folded) event concerns
+    keys: Callable[[P], Iterable[str]]  # every instance in the state
+    steps: Callable[[P, str, float], Sequence[Step]]  # what one instance wants at wall-clock time ``now``
+    wake_at: Callable[[P, str], float | None] = _never_for  # when one instance's steps could change by themselves
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProcessManager(Generic[P]):
-    """A process manager: pure functions over its state (see the module docstring) and its retry policy."""
+    """A process manager: pure functions over its state (see the module docstring) and its retry policy.
+
+    Give ``steps`` (and ``wake_at``) over the whole state, or ``instances``: exactly one.
+    """
 
     name: str
     initial: Callable[[], P]
     evolve: Callable[[P, RecordedEvent], P]
-    steps: Callable[[P, float], Sequence[Step]]
+    steps: Callable[[P, float], Sequence[Step]] | None = None
     wake_at: Callable[[P], float | None] = _never
+    instances: Instances[P] | None = None
     attempt_timeout: float = 2.0  # seconds one outside call may take before it is retried
     backoff: tuple[float, float] = (0.05, 2.0)  # first and longest delay between attempts
     max_in_flight: int = 64  # steps running at once; the others wait for a free slot
@@ -112,6 +141,30 @@ class ProcessManager(Generic[P]):
     # is in each checkpoint: raise it when the state's meaning changes with its shape unchanged.
     state_type: type[P] | None = None
     state_version: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.instances is None):
+            raise ValueError(
+                f"process manager {self.name!r}: give steps(state, now) or instances=Instances(...), exactly one"
+            )
+        if self.instances is not None and self.wake_at is not _never:
+            raise ValueError(f"process manager {self.name!r}: with instances, wake_at belongs to Instances")
+
+    def wanted(self, state: P, now: float) -> list[Step]:
+        """Every step the process wants at ``now`` (with instances: theirs, instance by instance)."""
+        instances = self.instances
+        if instances is None:
+            assert self.steps is not None  # checked at construction
+            return list(self.steps(state, now))
+        return [step for key in instances.keys(state) for step in instances.steps(state, key, now)]
+
+    def next_wake(self, state: P) -> float | None:
+        """The earliest time at which :meth:`wanted` could change without a new event (None: never)."""
+        instances = self.instances
+        if instances is None:
+            return self.wake_at(state)
+        times = [t for key in instances.keys(state) if (t := instances.wake_at(state, key)) is not None]
+        return min(times, default=None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +223,14 @@ class ProcessRunner(Generic[P]):
         self._parked: dict[str, Parked] = {}
         self._parked_events: dict[str, RecordedEvent] = {}
         self._follows = manager.events
+        # with manager.instances: the instances to ask at the next pass, and what each wanted at its last
+        self._instances = manager.instances
+        self._dirty: set[str] = set()  # touched by a folded event, or a step of theirs ended
+        self._all_dirty = True  # ask every instance: at the first pass, and after an operator's retry
+        self._timers: list[tuple[float, str]] = []  # (wake_at, instance), a heap; a stale entry costs one ask
+        self._wanted_of: dict[str, set[str]] = {}  # instance -> the keys of the steps it wanted
+        self._blocked: dict[str, None] = {}  # instances with a wanted step that found no free slot, oldest first
+        self._step_instance: dict[str, str] = {}  # a running step's key -> its instance
         self._kick = anyio.Event()
         self._waiters: list[tuple[int, anyio.Event]] = []
         self._tg: TaskGroup | None = None
@@ -227,9 +288,15 @@ class ProcessRunner(Generic[P]):
                 if self.position < caught_up:
                     await self._kick.wait()  # still replaying the log
                     continue
-                self._schedule(tg)
-                wake = self.manager.wake_at(self.state)
-                delay = _FOREVER if wake is None else max(0.0, wake - self._clock())
+                now = self._clock()
+                if self._instances is None:
+                    self._schedule(tg, now)
+                    wake = self.manager.wake_at(self.state)
+                else:
+                    self._schedule_instances(tg, self._instances, now)
+                    wake = self._timers[0][0] if self._timers else None
+                # a wake time already reached is in this pass's steps: only a later one is waited for
+                delay = _FOREVER if wake is None or wake <= now else wake - self._clock()
                 with anyio.move_on_after(delay):
                     await self._kick.wait()
         raise AssertionError("unreachable")  # pragma: no cover  (the loop above never ends)
@@ -265,8 +332,12 @@ class ProcessRunner(Generic[P]):
             self._kick.set()
 
     def _fold(self, event: RecordedEvent) -> None:
+        instances = self._instances
         try:
+            instance = "" if instances is None else instances.of(event)
             self.state = self.manager.evolve(self.state, event)
+            if instances is not None:
+                self._dirty.add(instance)
         except Exception as exc:  # a poison event: park it, keep folding the others
             self._regular = False
             key = f"event:{event.position}"
@@ -288,11 +359,12 @@ class ProcessRunner(Generic[P]):
 
     # -- steps -----------------------------------------------------------------------------------------
 
-    def _schedule(self, tg: TaskGroup) -> None:
+    def _schedule(self, tg: TaskGroup, now: float) -> None:
+        """One pass over the whole state: start what is wanted, stop what no longer is."""
         wanted: set[str] = set()
         in_flight, done, parked = self._in_flight, self._done, self._parked
         limit = self.manager.max_in_flight
-        for step in self.manager.steps(self.state, self._clock()):
+        for step in self.manager.wanted(self.state, now):
             key = step.key
             wanted.add(key)
             if key in in_flight or key in parked or len(in_flight) >= limit:
@@ -307,6 +379,55 @@ class ProcessRunner(Generic[P]):
                 scope.cancel()
         if done:
             self._done = {k: p for k, p in done.items() if p == _FOREVER or p >= self.position or k in wanted}
+
+    def _schedule_instances(self, tg: TaskGroup, instances: Instances[P], now: float) -> None:
+        """The same pass, over the instances touched since the last one, due, or waiting for a free slot."""
+        state, in_flight, done, parked = self.state, self._in_flight, self._done, self._parked
+        wanted_of, timers, limit = self._wanted_of, self._timers, self.manager.max_in_flight
+        if self._all_dirty:
+            self._all_dirty = False
+            todo = {*instances.keys(state), *wanted_of}  # and those gone since: their steps are stopped
+            timers.clear()
+        else:
+            todo = self._dirty
+        self._dirty = set()
+        while timers and timers[0][0] <= now:
+            todo.add(heapq.heappop(timers)[1])
+        first: list[str] = []  # those that waited for a slot: as many as are free, oldest first, before the rest
+        free = limit - len(in_flight)
+        if self._blocked and free > 0:
+            blocked = self._blocked
+            first = list(itertools.islice(blocked, free))
+            for name in first:
+                del blocked[name]
+            todo.difference_update(first)
+        for name in itertools.chain(first, todo):
+            steps = instances.steps(state, name, now)
+            keys = {step.key for step in steps}
+            before = wanted_of.pop(name, None)
+            if keys:
+                wanted_of[name] = keys
+            if before:
+                for key in before - keys:  # no longer wanted: stop retrying it, forget when it last ran
+                    scope = in_flight.get(key)
+                    if scope is not None:
+                        scope.cancel()
+                    if done.get(key, _FOREVER) != _FOREVER:
+                        del done[key]
+            for step in steps:
+                key = step.key
+                if key in in_flight or key in parked or done.get(key, -1) >= self.position:
+                    continue
+                if len(in_flight) >= limit:
+                    self._blocked[name] = None
+                    break
+                scope = anyio.CancelScope()
+                in_flight[key] = scope
+                self._step_instance[key] = name
+                tg.start_soon(self._run_step, step, scope)
+            wake = instances.wake_at(state, name)
+            if wake is not None and wake > now:
+                heapq.heappush(timers, (wake, name))
 
     async def _run_step(self, step: Step, scope: anyio.CancelScope) -> None:
         key = step.key
@@ -330,6 +451,9 @@ class ProcessRunner(Generic[P]):
             self._park_step(key, exc)
         finally:
             self._in_flight.pop(key, None)
+            instance = self._step_instance.pop(key, None)
+            if instance is not None:  # asked again: a duplicate's old receipt may let the step run again
+                self._dirty.add(instance)
             self._kick.set()
 
     def _park_step(self, key: str, exc: BaseException) -> None:
@@ -381,6 +505,7 @@ class ProcessRunner(Generic[P]):
         if parked.kind == "event":
             self._fold(self._parked_events.pop(key))
         self._done.pop(key, None)
+        self._all_dirty = True  # which instance the item was of is not kept: all are asked (an operator's act)
         self._kick.set()
 
     def skip(self, key: str) -> None:
@@ -402,7 +527,7 @@ class ProcessRunner(Generic[P]):
         return parked
 
     def statistics(self) -> ProcessStatistics:
-        wake = self.manager.wake_at(self.state)
+        wake = self.manager.next_wake(self.state)
         return ProcessStatistics(
             name=self.name,
             position=self.position,

@@ -188,7 +188,7 @@ class ProcessScenario:
 
     def steps(self) -> list[Step]:
         now = _T0 + len(self._given) + self._after
-        return list(self._manager.steps(self.state(), now))
+        return self._manager.wanted(self.state(), now)
 
     def _context(self) -> list[str]:
         given = ", ".join(repr(e) for e in self._given) or "(no events)"

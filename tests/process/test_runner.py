@@ -1,4 +1,8 @@
-"""The process runner on the toy bank: poison events parked while others flow, parked steps, operators, rejections."""
+"""The process runner on the toy bank: poison events parked while others flow, parked steps, operators, rejections.
+
+Every runner test runs twice: with ``steps`` over the whole state, and with the same process declared per
+instance (``Instances``, one per account).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from soloist import App, Issue, NotFound, ProcessManager, RecordedEvent
+from soloist import App, Instances, Issue, NotFound, ProcessManager, RecordedEvent
 from tests.process.shop import wait_event
-from tests.toy import BANK, Balance, Crash, Deposit, Moved, Open, Opened, Withdraw
+from tests.toy import BANK, Balance, Crash, Deposit, Moved, Open, Opened, Poisoned, Withdraw
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -40,24 +44,46 @@ def _evolve(state: Bonus, event: RecordedEvent) -> Bonus:
     return state
 
 
+def _pay(account: str, position: int) -> Step:
+    key = f"bonus:{position}:pay"
+    if account.startswith("crash"):
+        return Issue(key, Crash(account=account))  # decide raises a bug: InternalError, parked
+    if account.startswith("broke"):
+        return Issue(key, Withdraw(account=account, amount=10**6))  # refused: counted, not parked
+    return Issue(key, Deposit(account=account, amount=1))
+
+
 def _steps(state: Bonus, now: float) -> Sequence[Step]:
-    wanted: list[Step] = []
-    for account, position in state.owed.items():
-        key = f"bonus:{position}:pay"
-        if account.startswith("crash"):
-            wanted.append(Issue(key, Crash(account=account)))  # decide raises a bug: InternalError, parked
-        elif account.startswith("broke"):
-            wanted.append(Issue(key, Withdraw(account=account, amount=10**6)))  # refused: counted, not parked
-        else:
-            wanted.append(Issue(key, Deposit(account=account, amount=1)))
-    return wanted
+    return [_pay(account, position) for account, position in state.owed.items()]
+
+
+def _steps_of(state: Bonus, account: str, now: float) -> Sequence[Step]:
+    position = state.owed.get(account)
+    return [] if position is None else [_pay(account, position)]
+
+
+def _account_of(event: RecordedEvent) -> str:
+    data = event.data
+    assert isinstance(data, Opened | Moved | Poisoned)  # every bank event names its account
+    return data.account
 
 
 BONUS: ProcessManager[Bonus] = ProcessManager(name="bonus", initial=Bonus, evolve=_evolve, steps=_steps)
+BONUS_BY_ACCOUNT: ProcessManager[Bonus] = ProcessManager(
+    name="bonus",
+    initial=Bonus,
+    evolve=_evolve,
+    instances=Instances(of=_account_of, keys=lambda state: state.owed, steps=_steps_of),
+)
 
 
-def bank_with_bonus() -> Domain[Any, Any, Any, Any]:
-    return dataclasses.replace(BANK, processes=(BONUS,))
+def bank_with_bonus(bonus: ProcessManager[Bonus] = BONUS) -> Domain[Any, Any, Any, Any]:
+    return dataclasses.replace(BANK, processes=(bonus,))
+
+
+@pytest.fixture(params=["whole state", "per instance"])
+def bonus_manager(request: pytest.FixtureRequest) -> ProcessManager[Bonus]:
+    return BONUS if request.param == "whole state" else BONUS_BY_ACCOUNT
 
 
 async def _balance(app: App, account: str) -> object:
@@ -65,18 +91,22 @@ async def _balance(app: App, account: str) -> object:
 
 
 class TestProcessRunner:
-    async def test_issues_keyed_commands_once(self, soloist_app: AppFactory) -> None:
+    async def test_issues_keyed_commands_once(
+        self, soloist_app: AppFactory, bonus_manager: ProcessManager[Bonus]
+    ) -> None:
         """Each opened account gets its bonus once, under a key derived from the causing event."""
-        async with soloist_app(bank_with_bonus()) as app:
+        async with soloist_app(bank_with_bonus(bonus_manager)) as app:
             receipt = await app.execute(Open(account="a"))
             runner = app.process("bonus")
             await runner.wait_for(receipt.position + 1)  # the bonus deposit follows the Opened
             assert await _balance(app, "a") == 1
             assert runner.statistics().issued == 1
 
-    async def test_a_poison_event_is_parked_and_the_others_continue(self, soloist_app: AppFactory) -> None:
+    async def test_a_poison_event_is_parked_and_the_others_continue(
+        self, soloist_app: AppFactory, bonus_manager: ProcessManager[Bonus]
+    ) -> None:
         """evolve raising on one event parks it (visible in stats); later events are folded and acted on."""
-        async with soloist_app(bank_with_bonus()) as app:
+        async with soloist_app(bank_with_bonus(bonus_manager)) as app:
             await app.execute(Open(account="a"))
             poison = await app.execute(Deposit(account="a", amount=13))
             await app.execute(Open(account="b"))
@@ -90,9 +120,9 @@ class TestProcessRunner:
             assert stats.last_error is not None
             assert stats.last_error.startswith(f"event:{poison.position}")
 
-    async def test_operator_retry_and_skip(self, soloist_app: AppFactory) -> None:
+    async def test_operator_retry_and_skip(self, soloist_app: AppFactory, bonus_manager: ProcessManager[Bonus]) -> None:
         """retry folds a parked event again (still failing: parked again); skip drops it; unknown keys are NotFound."""
-        async with soloist_app(bank_with_bonus()) as app:
+        async with soloist_app(bank_with_bonus(bonus_manager)) as app:
             await app.execute(Open(account="a"))
             poison = await app.execute(Deposit(account="a", amount=13))
             runner = app.process("bonus")
@@ -107,9 +137,11 @@ class TestProcessRunner:
             with pytest.raises(NotFound, match="no process manager named 'nope'"):
                 app.process("nope")
 
-    async def test_a_step_that_cannot_succeed_is_parked(self, soloist_app: AppFactory) -> None:
+    async def test_a_step_that_cannot_succeed_is_parked(
+        self, soloist_app: AppFactory, bonus_manager: ProcessManager[Bonus]
+    ) -> None:
         """A command that crashes the decider parks its step (others still run); retry runs it again."""
-        async with soloist_app(bank_with_bonus()) as app:
+        async with soloist_app(bank_with_bonus(bonus_manager)) as app:
             await app.execute(Open(account="crash-1"))
             await app.execute(Open(account="c"))
             runner = app.process("bonus")
@@ -121,9 +153,11 @@ class TestProcessRunner:
             runner.retry("bonus:1:pay")
             assert runner.parked == ()  # unparked now; it runs again (and fails again) on the next turn
 
-    async def test_a_refused_command_is_counted_not_parked(self, soloist_app: AppFactory) -> None:
+    async def test_a_refused_command_is_counted_not_parked(
+        self, soloist_app: AppFactory, bonus_manager: ProcessManager[Bonus]
+    ) -> None:
         """A command the domain refuses is counted as rejected with its reason and not issued again."""
-        async with soloist_app(bank_with_bonus()) as app:
+        async with soloist_app(bank_with_bonus(bonus_manager)) as app:
             await app.execute(Open(account="broke-1"))
             after = await app.execute(Open(account="d"))
             runner = app.process("bonus")
@@ -133,7 +167,9 @@ class TestProcessRunner:
             assert stats.last_error is not None
             assert "insufficient funds" in stats.last_error
 
-    async def test_only_the_declared_events_are_folded(self, soloist_app: AppFactory) -> None:
+    async def test_only_the_declared_events_are_folded(
+        self, soloist_app: AppFactory, bonus_manager: ProcessManager[Bonus]
+    ) -> None:
         """A manager declaring the events it reads is handed only those; the others just advance its position."""
         seen: list[type] = []
 
@@ -141,7 +177,7 @@ class TestProcessRunner:
             seen.append(type(event.data))
             return _evolve(state, event)  # the poison (a Moved of 13) would be parked if it were handed over
 
-        manager = dataclasses.replace(BONUS, evolve=evolve, events=frozenset({Opened}))
+        manager = dataclasses.replace(bonus_manager, evolve=evolve, events=frozenset({Opened}))
         async with soloist_app(dataclasses.replace(BANK, processes=(manager,))) as app:
             await app.execute(Open(account="a"))
             last = await app.execute(Deposit(account="a", amount=13))
@@ -155,6 +191,80 @@ class TestProcessRunner:
         """Two process managers with one name: ValueError naming it."""
         with pytest.raises(ValueError, match="bonus"):
             App(dataclasses.replace(BANK, processes=(BONUS, BONUS)), "unused.db")
+
+
+class TestInstances:
+    async def test_a_batch_asks_only_the_instances_it_touched(self, soloist_app: AppFactory) -> None:
+        """Per instance, a new account's events ask that account what it wants, not every account still owed.
+
+        20 accounts stay owed for good (their bonus is refused: not wanted again). With steps over the whole
+        state every pass asks all 20 again: ten new accounts, two passes or more each, 400 asks or more.
+        """
+        asked: list[str] = []
+
+        def steps_of(state: Bonus, account: str, now: float) -> Sequence[Step]:
+            asked.append(account)
+            return _steps_of(state, account, now)
+
+        instances = dataclasses.replace(BONUS_BY_ACCOUNT.instances, steps=steps_of)  # type: ignore[type-var]
+        manager = dataclasses.replace(BONUS_BY_ACCOUNT, instances=instances)
+        async with soloist_app(bank_with_bonus(manager)) as app:
+            runner = app.process("bonus")
+            owed = [f"broke-{i}" for i in range(20)]
+            for account in owed:
+                await app.execute(Open(account=account))
+            await app.execute(Open(account="sync"))  # its bonus is paid after the 20 refusals were decided
+            paid = await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "sync")
+            await runner.wait_for(paid.position)
+            asked.clear()
+            for i in range(10):
+                await app.execute(Open(account=f"n{i}"))
+                paid = await wait_event(app, lambda e, a=f"n{i}": isinstance(e, Moved) and e.account == a)  # type: ignore[misc]
+                await runner.wait_for(paid.position)
+            again = [a for a in asked if a in owed]
+            # at most twice each: a pass still due from before, and the end of its refused step
+            assert len(again) <= 2 * len(owed), again
+            assert {f"n{i}" for i in range(10)} <= set(asked)
+            stats = runner.statistics()
+            assert (stats.rejected, stats.issued) == (20, 11)
+            assert len(runner.state.owed) == 20
+
+    async def test_instances_waiting_for_a_slot_all_get_their_turn(self, soloist_app: AppFactory) -> None:
+        """One step at a time (max_in_flight=1): every account still gets its bonus, in turn."""
+        manager = dataclasses.replace(BONUS_BY_ACCOUNT, max_in_flight=1)
+        async with soloist_app(bank_with_bonus(manager)) as app:
+            accounts = [f"a{i}" for i in range(15)]
+            for account in accounts:
+                await app.execute(Open(account=account))
+            for account in accounts:
+                await wait_event(app, lambda e, a=account: isinstance(e, Moved) and e.account == a)  # type: ignore[misc]
+            assert [await _balance(app, a) for a in accounts] == [1] * len(accounts)
+            assert app.process("bonus").statistics().issued == len(accounts)
+
+    def test_steps_or_instances_exactly_one(self) -> None:
+        """A manager declares steps over the whole state or instances, not both nor neither; timers go with them."""
+        instances = BONUS_BY_ACCOUNT.instances
+        with pytest.raises(ValueError, match="exactly one"):
+            ProcessManager(name="x", initial=Bonus, evolve=_evolve)
+        with pytest.raises(ValueError, match="exactly one"):
+            ProcessManager(name="x", initial=Bonus, evolve=_evolve, steps=_steps, instances=instances)
+        with pytest.raises(ValueError, match="wake_at belongs to Instances"):
+            ProcessManager(name="x", initial=Bonus, evolve=_evolve, instances=instances, wake_at=lambda s: None)
+
+    def test_the_whole_state_view_of_instances(self) -> None:
+        """wanted() and next_wake() of a per-instance manager: every instance's steps, the earliest timer."""
+        state = Bonus()
+        state.owed.update({"a": 3, "b": 5})
+        assert [s.key for s in BONUS_BY_ACCOUNT.wanted(state, 0.0)] == ["bonus:3:pay", "bonus:5:pay"]
+        assert [s.key for s in BONUS.wanted(state, 0.0)] == ["bonus:3:pay", "bonus:5:pay"]
+        assert BONUS_BY_ACCOUNT.next_wake(state) is None
+        timed = dataclasses.replace(
+            BONUS_BY_ACCOUNT,
+            instances=Instances(
+                of=_account_of, keys=lambda s: s.owed, steps=_steps_of, wake_at=lambda s, a: s.owed[a] * 10.0
+            ),
+        )
+        assert timed.next_wake(state) == 30.0
 
 
 class TestProcessOp:
