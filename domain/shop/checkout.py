@@ -36,10 +36,11 @@ __all__ = [
     "Void",
     "Want",
     "capture_key",
+    "deadline_of",
     "fold",
-    "next_deadline",
+    "order_of",
     "outcome_command",
-    "wanted",
+    "wanted_for",
 ]
 
 DEFAULT_DEADLINE = 5.0
@@ -111,24 +112,29 @@ def fold(state: CheckoutState, event: object, recorded_at: float, deadline: floa
     return state
 
 
-def wanted(state: CheckoutState, now: float, deadline: float) -> list[Want]:
-    """What the checkout wants done at wall-clock time ``now``."""
-    out: list[Want] = []
-    for order_id, checkout in state.open.items():
-        if checkout.declined is not None:
-            reason = f"payment declined: {checkout.declined}"
-            out.append(Send(f"checkout:{order_id}:cancel", CancelOrder(order_id=order_id, reason=reason)))
-        elif now < checkout.deadline:
-            out.append(Capture(capture_key(order_id), checkout))
-        else:
-            out.append(Void(f"checkout:{order_id}:timeout", checkout))
-    return out
+def order_of(event: object) -> str:
+    """The checkout an event of :data:`FOLDED` concerns: its order's id."""
+    order_id: str = event.order_id  # type: ignore[attr-defined]  # every FOLDED event names its order
+    return order_id
 
 
-def next_deadline(state: CheckoutState) -> float | None:
-    """The earliest deadline of a checkout still waiting for the gateway (None if none waits)."""
-    deadlines = [c.deadline for c in state.open.values() if c.declined is None]
-    return min(deadlines) if deadlines else None
+def wanted_for(state: CheckoutState, order_id: str, now: float) -> list[Want]:
+    """What the checkout of ``order_id`` wants done at wall-clock time ``now`` (nothing once it is closed)."""
+    checkout = state.open.get(order_id)
+    if checkout is None:
+        return []
+    if checkout.declined is not None:
+        reason = f"payment declined: {checkout.declined}"
+        return [Send(f"checkout:{order_id}:cancel", CancelOrder(order_id=order_id, reason=reason))]
+    if now < checkout.deadline:
+        return [Capture(capture_key(order_id), checkout)]
+    return [Void(f"checkout:{order_id}:timeout", checkout)]
+
+
+def deadline_of(state: CheckoutState, order_id: str) -> float | None:
+    """The deadline of the checkout of ``order_id`` if it still waits for the gateway (None otherwise)."""
+    checkout = state.open.get(order_id)
+    return None if checkout is None or checkout.declined is not None else checkout.deadline
 
 
 def outcome_command(checkout: Checkout, outcome: str, deadline: float) -> RecordPayment:

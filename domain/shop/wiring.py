@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Protocol, final
 
-from soloist import BadRequest, Call, Domain, DomainError, Issue, NotFound, ProcessManager
+from soloist import BadRequest, Call, Domain, DomainError, Instances, Issue, NotFound, ProcessManager
 
 from .checkout import (
     DEFAULT_DEADLINE,
@@ -16,10 +16,11 @@ from .checkout import (
     Void,
     Want,
     capture_key,
+    deadline_of,
     fold,
-    next_deadline,
+    order_of,
     outcome_command,
-    wanted,
+    wanted_for,
 )
 from .commands import COMMANDS
 from .decider import decide, evolve
@@ -127,15 +128,20 @@ def checkout_process(
             return Call(want.key, voiding(want.checkout))
         return Issue(want.key, want.command)
 
-    def steps(state: CheckoutState, now: float) -> Sequence[Step]:
-        return [step(want) for want in wanted(state, now, deadline)]
+    def steps(state: CheckoutState, order_id: str, now: float) -> Sequence[Step]:
+        return [step(want) for want in wanted_for(state, order_id, now)]
 
     return ProcessManager(
         name="checkout",
         initial=CheckoutState,
         evolve=evolve,
-        steps=steps,
-        wake_at=next_deadline,
+        # one instance per order: a committed batch asks only the checkouts it touched what they want
+        instances=Instances(
+            of=lambda event: order_of(event.data),
+            keys=lambda state: state.open,
+            steps=steps,
+            wake_at=deadline_of,
+        ),
         events=FOLDED,  # not every order: only those placed with a payment token have a PaymentRequested
         state_type=CheckoutState,  # checkpointed with the read models: a start folds only what came after
         attempt_timeout=attempt_timeout,
