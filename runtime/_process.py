@@ -371,9 +371,7 @@ class ProcessRunner(Generic[P]):
                 continue
             if done.get(key, -1) >= self.position:
                 continue
-            scope = anyio.CancelScope()
-            in_flight[key] = scope
-            tg.start_soon(self._run_step, step, scope)
+            self._start(tg, step)
         for key, scope in in_flight.items():
             if key not in wanted:  # the process no longer wants it (e.g. it gave up): stop retrying
                 scope.cancel()
@@ -421,13 +419,17 @@ class ProcessRunner(Generic[P]):
                 if len(in_flight) >= limit:
                     self._blocked[name] = None
                     break
-                scope = anyio.CancelScope()
-                in_flight[key] = scope
-                self._step_instance[key] = name
-                tg.start_soon(self._run_step, step, scope)
+                self._start(tg, step, name)
             wake = instances.wake_at(state, name)
             if wake is not None and wake > now:
                 heapq.heappush(timers, (wake, name))
+
+    def _start(self, tg: TaskGroup, step: Step, instance: str | None = None) -> None:
+        scope = anyio.CancelScope()
+        self._in_flight[step.key] = scope
+        if instance is not None:
+            self._step_instance[step.key] = instance
+        tg.start_soon(self._run_step, step, scope)
 
     async def _run_step(self, step: Step, scope: anyio.CancelScope) -> None:
         key = step.key
