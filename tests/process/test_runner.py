@@ -241,6 +241,28 @@ class TestInstances:
             assert [await _balance(app, a) for a in accounts] == [1] * len(accounts)
             assert app.process("bonus").statistics().issued == len(accounts)
 
+    async def test_an_event_whose_instance_cannot_be_named_is_parked(self, soloist_app: AppFactory) -> None:
+        """``of`` raising parks the event as ``evolve`` raising does (state unchanged); the others flow."""
+
+        def account_of(event: RecordedEvent) -> str:
+            if isinstance(event.data, Opened) and event.data.account == "nameless":
+                raise KeyError("no instance for this account")
+            return _account_of(event)
+
+        instances = dataclasses.replace(BONUS_BY_ACCOUNT.instances, of=account_of)  # type: ignore[type-var]
+        manager = dataclasses.replace(BONUS_BY_ACCOUNT, instances=instances)
+        async with soloist_app(bank_with_bonus(manager)) as app:
+            bad = await app.execute(Open(account="nameless"))
+            await app.execute(Open(account="b"))
+            runner = app.process("bonus")
+            paid = await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "b")
+            await runner.wait_for(paid.position)
+            (parked,) = runner.parked
+            assert (parked.key, parked.kind) == (f"event:{bad.position}", "event")
+            assert "no instance for this account" in parked.error
+            assert "nameless" not in runner.state.owed
+            assert await _balance(app, "nameless") == 0
+
     def test_steps_or_instances_exactly_one(self) -> None:
         """A manager declares steps over the whole state or instances, not both nor neither; timers go with them."""
         instances = BONUS_BY_ACCOUNT.instances
