@@ -227,7 +227,8 @@ class ProcessRunner(Generic[P]):
         self._instances = manager.instances
         self._dirty: set[str] = set()  # touched by a folded event, or a step of theirs ended
         self._all_dirty = True  # ask every instance: at the first pass, and after an operator's retry
-        self._timers: list[tuple[float, str]] = []  # (wake_at, instance), a heap; a stale entry costs one ask
+        self._timers: list[tuple[float, str]] = []  # (wake_at, instance), a heap; stale entries are skipped
+        self._wake_of: dict[str, float] = {}  # each instance's live timer (what makes a heap entry not stale)
         self._wanted_of: dict[str, set[str]] = {}  # instance -> the keys of the steps it wanted
         self._blocked: dict[str, None] = {}  # instances with a wanted step that found no free slot, oldest first
         self._step_instance: dict[str, str] = {}  # a running step's key -> its instance
@@ -382,15 +383,20 @@ class ProcessRunner(Generic[P]):
         """The same pass, over the instances touched since the last one, due, or waiting for a free slot."""
         state, in_flight, done, parked = self.state, self._in_flight, self._done, self._parked
         wanted_of, timers, limit = self._wanted_of, self._timers, self.manager.max_in_flight
+        wake_of = self._wake_of
         if self._all_dirty:
             self._all_dirty = False
             todo = {*instances.keys(state), *wanted_of}  # and those gone since: their steps are stopped
             timers.clear()
+            wake_of.clear()
         else:
             todo = self._dirty
         self._dirty = set()
         while timers and timers[0][0] <= now:
-            todo.add(heapq.heappop(timers)[1])
+            at, name = heapq.heappop(timers)
+            if wake_of.get(name) == at:  # else stale: the instance was asked since, or is gone
+                del wake_of[name]
+                todo.add(name)
         first: list[str] = []  # those that waited for a slot: as many as are free, oldest first, before the rest
         free = limit - len(in_flight)
         if self._blocked and free > 0:
@@ -422,7 +428,14 @@ class ProcessRunner(Generic[P]):
                 self._start(tg, step, name)
             wake = instances.wake_at(state, name)
             if wake is not None and wake > now:
-                heapq.heappush(timers, (wake, name))
+                if wake_of.get(name) != wake:
+                    wake_of[name] = wake
+                    heapq.heappush(timers, (wake, name))
+            else:
+                wake_of.pop(name, None)
+        if len(timers) > 2 * len(wake_of) + 64:  # mostly stale (closed instances, long timers): keep the live ones
+            timers[:] = [(at, name) for name, at in wake_of.items()]
+            heapq.heapify(timers)
 
     def _start(self, tg: TaskGroup, step: Step, instance: str | None = None) -> None:
         scope = anyio.CancelScope()

@@ -263,6 +263,31 @@ class TestInstances:
             assert "nameless" not in runner.state.owed
             assert await _balance(app, "nameless") == 0
 
+    async def test_timers_of_closed_instances_do_not_pile_up(self, soloist_app: AppFactory) -> None:
+        """Each owed account has a timer far in the future; once paid it has none, and the runner's heap of
+        timers is compacted instead of keeping one stale entry per account ever opened."""
+
+        def far_off(state: Bonus, account: str) -> float | None:
+            position = state.owed.get(account)
+            return None if position is None else 1e12 + position
+
+        instances = dataclasses.replace(BONUS_BY_ACCOUNT.instances, wake_at=far_off)  # type: ignore[type-var]
+        manager = dataclasses.replace(BONUS_BY_ACCOUNT, instances=instances)
+        async with soloist_app(bank_with_bonus(manager)) as app:
+            runner = app.process("bonus")
+            accounts = [f"t{i}" for i in range(150)]
+            for account in accounts:
+                await app.execute(Open(account=account))
+            for account in accounts:
+                paid = await wait_event(app, lambda e, a=account: isinstance(e, Moved) and e.account == a)  # type: ignore[misc]
+            await runner.wait_for(paid.position)
+            # the pass that starts this account's bonus comes after every other payment was folded
+            await app.execute(Open(account="last"))
+            await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "last")
+            assert runner.statistics().issued == len(accounts) + 1
+            assert set(runner._wake_of) <= {"last"}
+            assert len(runner._timers) <= 2 * 1 + 64, len(runner._timers)  # 151 without the compaction
+
     def test_steps_or_instances_exactly_one(self) -> None:
         """A manager declares steps over the whole state or instances, not both nor neither; timers go with them."""
         instances = BONUS_BY_ACCOUNT.instances
