@@ -295,7 +295,7 @@ class ProcessRunner(Generic[P]):
                     wake = self.manager.wake_at(self.state)
                 else:
                     self._schedule_instances(tg, self._instances, now)
-                    wake = self._timers[0][0] if self._timers else None
+                    wake = self._next_timer()
                 # a wake time already reached is in this pass's steps: only a later one is waited for
                 delay = _FOREVER if wake is None or wake <= now else wake - self._clock()
                 with anyio.move_on_after(delay):
@@ -437,6 +437,13 @@ class ProcessRunner(Generic[P]):
             timers[:] = [(at, name) for name, at in wake_of.items()]
             heapq.heapify(timers)
 
+    def _next_timer(self) -> float | None:
+        """The earliest live per-instance timer (stale entries on top of the heap are dropped)."""
+        timers, wake_of = self._timers, self._wake_of
+        while timers and wake_of.get(timers[0][1]) != timers[0][0]:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
     def _start(self, tg: TaskGroup, step: Step, instance: str | None = None) -> None:
         scope = anyio.CancelScope()
         self._in_flight[step.key] = scope
@@ -542,7 +549,9 @@ class ProcessRunner(Generic[P]):
         return parked
 
     def statistics(self) -> ProcessStatistics:
-        wake = self.manager.next_wake(self.state)
+        # per instance, once every instance was asked: the runner's own timers, no walk over the whole state
+        by_timers = self._instances is not None and not self._all_dirty
+        wake = self._next_timer() if by_timers else self.manager.next_wake(self.state)
         return ProcessStatistics(
             name=self.name,
             position=self.position,

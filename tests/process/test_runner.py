@@ -287,6 +287,14 @@ class TestInstances:
             assert runner.statistics().issued == len(accounts) + 1
             assert set(runner._wake_of) <= {"last"}
             assert len(runner._timers) <= 2 * 1 + 64, len(runner._timers)  # 151 without the compaction
+            # an account that stays owed (its bonus is refused) keeps a live timer, which stats report
+            await app.execute(Open(account="broke-z"))
+            await app.execute(Open(account="sync"))  # its bonus starts in a pass after broke-z was asked
+            await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "sync")
+            assert "broke-z" in runner._wake_of
+            wake_in = runner.statistics().next_wake_in_s
+            assert wake_in is not None
+            assert wake_in > 1e11
 
     def test_steps_or_instances_exactly_one(self) -> None:
         """A manager declares steps over the whole state or instances, not both nor neither; timers go with them."""
