@@ -18,9 +18,9 @@ Many instances: a process whose state holds many independent instances (the shop
 order) declares them with :class:`Instances` instead of ``steps``/``wake_at``: ``of(event)`` names the instance an
 event concerns, ``keys(state)`` lists them, and ``steps``/``wake_at`` answer for one instance. The runner then asks
 only the instances a committed batch touched (and those whose timer fell due) what they want, so a batch costs
-the same with ten open instances or ten thousand. With one ``steps(state, now)`` over the whole state, every
-batch asks the whole state (measured on the checkout: 4,000 open orders took 75% of the loop, and the backlog
-grew faster than it drained).
+the same with ten open instances or ten thousand. A manager with one ``steps(state, now)`` is run as one
+instance: every batch that folds one of its events asks the whole state (measured on the checkout declared so:
+4,000 open orders took 75% of the loop, and the backlog grew faster than it drained).
 
 Effects exactly once: every step carries a key derived from what caused it (``"checkout:o-1:cancel"``).
 A command is executed with that key as its idempotency key, so re-issuing it after a crash is a duplicate
@@ -105,6 +105,14 @@ def _never_for(state: object, instance: str) -> float | None:
     return None
 
 
+def _the_whole(event: object) -> str:
+    return ""  # a manager with steps over the whole state is one instance, named ""
+
+
+def _only_the_whole(state: object) -> tuple[str]:
+    return ("",)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Instances(Generic[P]):
     """The independent instances a process's state holds (see the module docstring), each asked on its own."""
@@ -150,19 +158,27 @@ class ProcessManager(Generic[P]):
         if self.instances is not None and self.wake_at is not _never:
             raise ValueError(f"process manager {self.name!r}: with instances, wake_at belongs to Instances")
 
+    def per_instance(self) -> Instances[P]:
+        """The manager as instances: its own, or its whole state as one instance (``steps``/``wake_at``)."""
+        if self.instances is not None:
+            return self.instances
+        steps, wake_at = self.steps, self.wake_at
+        assert steps is not None  # checked at construction
+        return Instances(
+            of=_the_whole,
+            keys=_only_the_whole,
+            steps=lambda state, _instance, now: steps(state, now),
+            wake_at=lambda state, _instance: wake_at(state),
+        )
+
     def wanted(self, state: P, now: float) -> list[Step]:
-        """Every step the process wants at ``now`` (with instances: theirs, instance by instance)."""
-        instances = self.instances
-        if instances is None:
-            assert self.steps is not None  # checked at construction
-            return list(self.steps(state, now))
+        """Every step the process wants at ``now``, instance by instance (the test kit asks this)."""
+        instances = self.per_instance()
         return [step for key in instances.keys(state) for step in instances.steps(state, key, now)]
 
     def next_wake(self, state: P) -> float | None:
         """The earliest time at which :meth:`wanted` could change without a new event (None: never)."""
-        instances = self.instances
-        if instances is None:
-            return self.wake_at(state)
+        instances = self.per_instance()
         times = [t for key in instances.keys(state) if (t := instances.wake_at(state, key)) is not None]
         return min(times, default=None)
 
@@ -223,8 +239,9 @@ class ProcessRunner(Generic[P]):
         self._parked: dict[str, Parked] = {}
         self._parked_events: dict[str, RecordedEvent] = {}
         self._follows = manager.events
-        # with manager.instances: the instances to ask at the next pass, and what each wanted at its last
-        self._instances = manager.instances
+        # the instances to ask at the next pass, and what each wanted at its last (steps over the whole state:
+        # one instance)
+        self._instances = manager.per_instance()
         self._dirty: set[str] = set()  # touched by a folded event, or a step of theirs ended
         self._all_dirty = True  # ask every instance: at the first pass, and after an operator's retry
         self._timers: list[tuple[float, str]] = []  # (wake_at, instance), a heap; stale entries are skipped
@@ -290,12 +307,8 @@ class ProcessRunner(Generic[P]):
                     await self._kick.wait()  # still replaying the log
                     continue
                 now = self._clock()
-                if self._instances is None:
-                    self._schedule(tg, now)
-                    wake = self.manager.wake_at(self.state)
-                else:
-                    self._schedule_instances(tg, self._instances, now)
-                    wake = self._next_timer()
+                self._schedule(tg, now)
+                wake = self._next_timer()
                 # a wake time already reached is in this pass's steps: only a later one is waited for
                 delay = _FOREVER if wake is None or wake <= now else wake - self._clock()
                 with anyio.move_on_after(delay):
@@ -333,12 +346,10 @@ class ProcessRunner(Generic[P]):
             self._kick.set()
 
     def _fold(self, event: RecordedEvent) -> None:
-        instances = self._instances
         try:
-            instance = "" if instances is None else instances.of(event)
+            instance = self._instances.of(event)
             self.state = self.manager.evolve(self.state, event)
-            if instances is not None:
-                self._dirty.add(instance)
+            self._dirty.add(instance)
         except Exception as exc:  # a poison event: park it, keep folding the others
             self._regular = False
             key = f"event:{event.position}"
@@ -361,29 +372,11 @@ class ProcessRunner(Generic[P]):
     # -- steps -----------------------------------------------------------------------------------------
 
     def _schedule(self, tg: TaskGroup, now: float) -> None:
-        """One pass over the whole state: start what is wanted, stop what no longer is."""
-        wanted: set[str] = set()
+        """One pass over the instances touched since the last one, due, or waiting for a free slot: start what
+        they want, stop what they no longer want."""
+        instances, state, limit = self._instances, self.state, self.manager.max_in_flight
         in_flight, done, parked = self._in_flight, self._done, self._parked
-        limit = self.manager.max_in_flight
-        for step in self.manager.wanted(self.state, now):
-            key = step.key
-            wanted.add(key)
-            if key in in_flight or key in parked or len(in_flight) >= limit:
-                continue
-            if done.get(key, -1) >= self.position:
-                continue
-            self._start(tg, step)
-        for key, scope in in_flight.items():
-            if key not in wanted:  # the process no longer wants it (e.g. it gave up): stop retrying
-                scope.cancel()
-        if done:
-            self._done = {k: p for k, p in done.items() if p == _FOREVER or p >= self.position or k in wanted}
-
-    def _schedule_instances(self, tg: TaskGroup, instances: Instances[P], now: float) -> None:
-        """The same pass, over the instances touched since the last one, due, or waiting for a free slot."""
-        state, in_flight, done, parked = self.state, self._in_flight, self._done, self._parked
-        wanted_of, timers, limit = self._wanted_of, self._timers, self.manager.max_in_flight
-        wake_of = self._wake_of
+        wanted_of, timers, wake_of = self._wanted_of, self._timers, self._wake_of
         if self._all_dirty:
             self._all_dirty = False
             todo = {*instances.keys(state), *wanted_of}  # and those gone since: their steps are stopped
@@ -444,11 +437,10 @@ class ProcessRunner(Generic[P]):
             heapq.heappop(timers)
         return timers[0][0] if timers else None
 
-    def _start(self, tg: TaskGroup, step: Step, instance: str | None = None) -> None:
+    def _start(self, tg: TaskGroup, step: Step, instance: str) -> None:
         scope = anyio.CancelScope()
         self._in_flight[step.key] = scope
-        if instance is not None:
-            self._step_instance[step.key] = instance
+        self._step_instance[step.key] = instance
         tg.start_soon(self._run_step, step, scope)
 
     async def _run_step(self, step: Step, scope: anyio.CancelScope) -> None:
@@ -549,9 +541,8 @@ class ProcessRunner(Generic[P]):
         return parked
 
     def statistics(self) -> ProcessStatistics:
-        # per instance, once every instance was asked: the runner's own timers, no walk over the whole state
-        by_timers = self._instances is not None and not self._all_dirty
-        wake = self._next_timer() if by_timers else self.manager.next_wake(self.state)
+        # once every instance was asked: the runner's own timers, no walk over the whole state
+        wake = self.manager.next_wake(self.state) if self._all_dirty else self._next_timer()
         return ProcessStatistics(
             name=self.name,
             position=self.position,
