@@ -86,6 +86,23 @@ def bonus_manager(request: pytest.FixtureRequest) -> ProcessManager[Bonus]:
     return BONUS if request.param == "whole state" else BONUS_BY_ACCOUNT
 
 
+def _by_account(**changes: Any) -> ProcessManager[Bonus]:
+    """BONUS_BY_ACCOUNT with some of its Instances' functions replaced (a test's own ``of``, ``steps``, ``wake_at``)."""
+    instances = dataclasses.replace(BONUS_BY_ACCOUNT.instances, **changes)  # type: ignore[type-var]
+    return dataclasses.replace(BONUS_BY_ACCOUNT, instances=instances)
+
+
+async def _open(app: App, accounts: Sequence[str]) -> None:
+    """Open the accounts, one command each, in order."""
+    for account in accounts:
+        await app.execute(Open(account=account))
+
+
+async def _bonus_paid(app: App, account: str) -> RecordedEvent:
+    """The bonus deposit of ``account``, once committed."""
+    return await wait_event(app, lambda e: isinstance(e, Moved) and e.account == account and e.delta == 1)
+
+
 async def _balance(app: App, account: str) -> object:
     return (await app.query(Balance(account=account), consistency="strong")).result
 
@@ -111,7 +128,7 @@ class TestProcessRunner:
             poison = await app.execute(Deposit(account="a", amount=13))
             await app.execute(Open(account="b"))
             runner = app.process("bonus")
-            bonus = await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "b" and e.delta == 1)
+            bonus = await _bonus_paid(app, "b")
             await runner.wait_for(bonus.position)
             (parked,) = runner.statistics().parked
             assert (parked.key, parked.kind, parked.position) == (f"event:{poison.position}", "event", poison.position)
@@ -145,7 +162,7 @@ class TestProcessRunner:
             await app.execute(Open(account="crash-1"))
             await app.execute(Open(account="c"))
             runner = app.process("bonus")
-            bonus = await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "c" and e.delta == 1)
+            bonus = await _bonus_paid(app, "c")
             await runner.wait_for(bonus.position)
             (parked,) = runner.parked
             assert (parked.key, parked.kind) == ("bonus:1:pay", "step")
@@ -206,20 +223,18 @@ class TestInstances:
             asked.append(account)
             return _steps_of(state, account, now)
 
-        instances = dataclasses.replace(BONUS_BY_ACCOUNT.instances, steps=steps_of)  # type: ignore[type-var]
-        manager = dataclasses.replace(BONUS_BY_ACCOUNT, instances=instances)
+        manager = _by_account(steps=steps_of)
         async with soloist_app(bank_with_bonus(manager)) as app:
             runner = app.process("bonus")
             owed = [f"broke-{i}" for i in range(20)]
-            for account in owed:
-                await app.execute(Open(account=account))
+            await _open(app, owed)
             await app.execute(Open(account="sync"))  # its bonus is paid after the 20 refusals were decided
-            paid = await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "sync")
+            paid = await _bonus_paid(app, "sync")
             await runner.wait_for(paid.position)
             asked.clear()
             for i in range(10):
                 await app.execute(Open(account=f"n{i}"))
-                paid = await wait_event(app, lambda e, a=f"n{i}": isinstance(e, Moved) and e.account == a)  # type: ignore[misc]
+                paid = await _bonus_paid(app, f"n{i}")
                 await runner.wait_for(paid.position)
             again = [a for a in asked if a in owed]
             # at most twice each: a pass still due from before, and the end of its refused step
@@ -235,10 +250,9 @@ class TestInstances:
         manager = dataclasses.replace(BONUS_BY_ACCOUNT, max_in_flight=1)
         async with soloist_app(bank_with_bonus(manager)) as app:
             accounts = [f"a{i}" for i in range(15)]
+            await _open(app, accounts)
             for account in accounts:
-                await app.execute(Open(account=account))
-            for account in accounts:
-                await wait_event(app, lambda e, a=account: isinstance(e, Moved) and e.account == a)  # type: ignore[misc]
+                await _bonus_paid(app, account)
             assert [await _balance(app, a) for a in accounts] == [1] * len(accounts)
             assert app.process("bonus").statistics().parked == ()
 
@@ -250,13 +264,12 @@ class TestInstances:
                 raise KeyError("no instance for this account")
             return _account_of(event)
 
-        instances = dataclasses.replace(BONUS_BY_ACCOUNT.instances, of=account_of)  # type: ignore[type-var]
-        manager = dataclasses.replace(BONUS_BY_ACCOUNT, instances=instances)
+        manager = _by_account(of=account_of)
         async with soloist_app(bank_with_bonus(manager)) as app:
             bad = await app.execute(Open(account="nameless"))
             await app.execute(Open(account="b"))
             runner = app.process("bonus")
-            paid = await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "b")
+            paid = await _bonus_paid(app, "b")
             await runner.wait_for(paid.position)
             (parked,) = runner.parked
             assert (parked.key, parked.kind) == (f"event:{bad.position}", "event")
@@ -272,26 +285,24 @@ class TestInstances:
             position = state.owed.get(account)
             return None if position is None else 1e12 + position
 
-        instances = dataclasses.replace(BONUS_BY_ACCOUNT.instances, wake_at=far_off)  # type: ignore[type-var]
-        manager = dataclasses.replace(BONUS_BY_ACCOUNT, instances=instances)
+        manager = _by_account(wake_at=far_off)
         async with soloist_app(bank_with_bonus(manager)) as app:
             runner = app.process("bonus")
             accounts = [f"t{i}" for i in range(150)]
+            await _open(app, accounts)
             for account in accounts:
-                await app.execute(Open(account=account))
-            for account in accounts:
-                paid = await wait_event(app, lambda e, a=account: isinstance(e, Moved) and e.account == a)  # type: ignore[misc]
+                paid = await _bonus_paid(app, account)
             await runner.wait_for(paid.position)
             # the pass that starts this account's bonus comes after every other payment was folded
             await app.execute(Open(account="last"))
-            await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "last")
+            await _bonus_paid(app, "last")
             assert runner.statistics().issued >= len(accounts)  # "last"'s step may still be ending
             assert set(runner._wake_of) <= {"last"}
             assert len(runner._timers) <= 2 * 1 + 64, len(runner._timers)  # 151 without the compaction
             # an account that stays owed (its bonus is refused) keeps a live timer, which stats report
             await app.execute(Open(account="broke-z"))
             await app.execute(Open(account="sync"))  # its bonus starts in a pass after broke-z was asked
-            await wait_event(app, lambda e: isinstance(e, Moved) and e.account == "sync")
+            await _bonus_paid(app, "sync")
             assert "broke-z" in runner._wake_of
             wake_in = runner.statistics().next_wake_in_s
             assert wake_in is not None
