@@ -64,7 +64,7 @@ from ._replica import Replica, ReplicaStatistics
 from ._snapshot import SnapshotStore
 from ._sqlitestore import SQLiteStore
 from ._store import EventStore, Lease, describe_target, is_postgres_url, open_store
-from ._writer import Reply, Writer, WriterStatistics
+from ._writer import DEFAULT_KEY_TTL, Reply, Writer, WriterStatistics
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -122,7 +122,8 @@ class App:
     lease (default: host and pid). ``commit_gather``: after a commit that acknowledged 16 or more
     commands, the writer waits up to this many seconds for about as many to be decided before the next
     commit (their callers usually send again at once): fewer, larger commits under concurrent load; a
-    lone caller never waits; 0 turns it off.
+    lone caller never waits; 0 turns it off. ``key_ttl``: an idempotency key is remembered for at least this
+    many seconds after its command committed (default a day; None: forever), then deleted from the log.
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class App:
         queue_capacity: int = 8192,
         max_batch: int = 1024,
         commit_gather: float = 0.001,
+        key_ttl: float | None = DEFAULT_KEY_TTL,
         subscriber_buffer: int = 65536,
         synchronous: Synchronous = "FULL",
         snapshot_dir: str | os.PathLike[str] | None = None,
@@ -155,6 +157,8 @@ class App:
             raise ValueError("standby=True needs a shared log (a postgresql:// URL); a SQLite file has one writer")
         if follower_of is not None and self.shared:
             raise ValueError("follower_of needs a local SQLite log; on PostgreSQL start a standby (standby=True)")
+        if key_ttl is not None and not key_ttl > 0:
+            raise ValueError(f"key_ttl ({key_ttl}) is in seconds and must be positive, or None to keep keys forever")
         if lease_ttl <= 0 or poll_interval <= 0:
             raise ValueError(f"lease_ttl ({lease_ttl}) and poll_interval ({poll_interval}) must be positive")
         self._path = None if self.shared else Path(log)
@@ -173,6 +177,7 @@ class App:
         self._queue_capacity = queue_capacity
         self._max_batch = max_batch
         self._commit_gather = commit_gather
+        self._key_ttl = key_ttl
         self._subscriber_buffer = subscriber_buffer
         self._synchronous: Synchronous = synchronous
         self._snapshots = SnapshotStore(snapshot_dir, domain=domain.name) if snapshot_dir is not None else None
@@ -266,6 +271,7 @@ class App:
                 capacity=self._queue_capacity,
                 max_batch=self._max_batch,
                 gather=self._commit_gather,
+                key_ttl=self._key_ttl,
                 states=self.states,
             )
             writer_from = writer.restore(await self._writer_checkpoint(head))

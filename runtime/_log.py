@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
     key         TEXT PRIMARY KEY,
     fingerprint TEXT    NOT NULL,
     position    INTEGER NOT NULL,
-    command_id  TEXT    NOT NULL DEFAULT ''
+    command_id  TEXT    NOT NULL DEFAULT '',
+    recorded_at REAL    NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
@@ -98,6 +99,12 @@ UPDATE idempotency SET command_id = COALESCE(
     ''
 );
 """
+# A log created before keys stored their time (they expire ``key_ttl`` after it): the column, and for the keys
+# already there the time of this upgrade, so that each is kept one more whole window, never less.
+_MIGRATE_KEY_TIMES: Final = (
+    "ALTER TABLE idempotency ADD COLUMN recorded_at REAL NOT NULL DEFAULT 0",
+    "UPDATE idempotency SET recorded_at = ?",
+)
 
 _FORMAT: Final = "soloist-log/1"
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
@@ -106,7 +113,10 @@ _INSERT_EVENT: Final = (
     "INSERT INTO events (position, stream, version, type, schema, data, command_id, idempotency_key, recorded_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_KEY: Final = "INSERT INTO idempotency (key, fingerprint, position, command_id) VALUES (?, ?, ?, ?)"
+_INSERT_KEY: Final = (
+    "INSERT INTO idempotency (key, fingerprint, position, command_id, recorded_at) VALUES (?, ?, ?, ?, ?)"
+)
+_DELETE_KEY: Final = "DELETE FROM idempotency WHERE key = ?"
 # A chunk as ONE row holding a JSON array of rows (one step, see the module docstring). The event body
 # is embedded as JSON (json(data)); recorded_at goes through %!.17g so the double round-trips exactly.
 _CHUNK_COLUMNS: Final = (
@@ -387,6 +397,12 @@ class EventLog:
             columns = {str(name) for (name,) in conn.execute("SELECT name FROM pragma_table_info('idempotency')")}
             if "command_id" not in columns:
                 conn.executescript(f"BEGIN; {_MIGRATE_KEYS} COMMIT;")
+            if "recorded_at" not in columns:
+                add_column, fill = _MIGRATE_KEY_TIMES
+                with conn:  # one transaction (the connection is in autocommit mode: BEGIN by hand)
+                    conn.execute("BEGIN")
+                    conn.execute(add_column)
+                    conn.execute(fill, (time.time(),))
             row = conn.execute("SELECT value FROM meta WHERE name = 'log_id'").fetchone()
             upstream = conn.execute("SELECT value FROM meta WHERE name = 'upstream_log_id'").fetchone()
         except sqlite3.Error as exc:
@@ -449,8 +465,9 @@ class EventLog:
             raise PersistenceError(f"the event log {self.path} is not open; use `async with EventLog(...)`")
         return asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
-        """Append a batch of events (and the idempotency keys they answer) in one durable transaction."""
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
+        """Append a batch of events (and the idempotency keys they answer) in one durable transaction, which
+        also deletes the expired keys ``forget``."""
         conn = self._c
         what = f"appending {len(rows)} events to {self.path}"
         try:
@@ -462,19 +479,21 @@ class EventLog:
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
                 raise translate_sqlite_error(exc, what=what) from exc
-            await self._on_thread(lambda: self._insert_and_commit(rows, keys, what))
+            await self._on_thread(lambda: self._insert_and_commit(rows, keys, forget, what))
             self._count(rows)
             return
         try:
-            self._insert(rows, keys)
+            self._insert(rows, keys, forget)
         except sqlite3.Error as exc:
             conn.rollback()
             raise translate_sqlite_error(exc, what=what) from exc
         await self._on_thread(lambda: self._commit(what))
         self._count(rows)
 
-    def _insert(self, rows: Sequence[EventRow], keys: Sequence[KeyRow]) -> None:
+    def _insert(self, rows: Sequence[EventRow], keys: Sequence[KeyRow], forget: Sequence[str]) -> None:
         conn = self._c
+        if forget:  # first: a key forgotten here may be used again by a later batch, never by this one
+            conn.executemany(_DELETE_KEY, [(key,) for key in forget])
         conn.executemany(_INSERT_EVENT, rows)
         if keys:
             conn.executemany(_INSERT_KEY, keys)
@@ -563,11 +582,13 @@ class EventLog:
         finally:
             executor.shutdown(wait=False)
 
-    def _insert_and_commit(self, rows: Sequence[EventRow], keys: Sequence[KeyRow], what: str) -> None:
+    def _insert_and_commit(
+        self, rows: Sequence[EventRow], keys: Sequence[KeyRow], forget: Sequence[str], what: str
+    ) -> None:
         conn = self._c
         try:
             conn.execute("BEGIN IMMEDIATE")
-            self._insert(rows, keys)
+            self._insert(rows, keys, forget)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.rollback()
@@ -598,13 +619,14 @@ class EventLog:
         return int(cast("int", rows[0][0]))
 
     async def keys(self) -> dict[str, StoredKey]:
-        """Every idempotency key with its fingerprint, position and command id (loaded once, at recovery)."""
+        """Every idempotency key with its fingerprint, position, command id and time (loaded once, at recovery)."""
         rows = await self._on_thread(
             lambda: self._execute(
-                "SELECT key, fingerprint, position, command_id FROM idempotency", f"reading keys of {self.path}"
+                "SELECT key, fingerprint, position, command_id, recorded_at FROM idempotency",
+                f"reading keys of {self.path}",
             )
         )
-        return {str(k): StoredKey(str(f), cast("int", p), str(c)) for k, f, p, c in rows}
+        return {str(k): StoredKey(str(f), cast("int", p), str(c), cast("float", t)) for k, f, p, c, t in rows}
 
 
 @final

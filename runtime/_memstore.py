@@ -92,30 +92,33 @@ class MemoryStore:
             raise PersistenceError("the in-memory event store is not open; use `async with MemoryStore(...)`")
         return self._log
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
         log = self._check_open()
         fault = self._faults.pop(0) if self._faults else None
         if fault is not None and not fault.after_commit:
             raise fault.error
         await anyio.lowlevel.checkpoint()  # a real driver yields here; cancellation before commit = nothing written
         log = self._check_open()
-        self._validate(log, rows, keys)
+        self._validate(log, rows, keys, forget)
         # commit: nothing below can fail
+        for key in forget:
+            log.keys.pop(key, None)
         for row in rows:
             position, stream, version = row[0], row[1], row[2]
             log.positions[position] = len(log.rows)
             log.versions[(stream, version)] = position
             log.streams.setdefault(stream, []).append(len(log.rows))
             log.rows.append(row)
-        for key, fingerprint, position, command_id in keys:
-            log.keys[key] = StoredKey(fingerprint, position, command_id)
+        for key, fingerprint, position, command_id, recorded_at in keys:
+            log.keys[key] = StoredKey(fingerprint, position, command_id, recorded_at)
         self.appends += 1
         if fault is not None:
             raise fault.error
 
     @staticmethod
-    def _validate(log: MemoryLog, rows: Sequence[EventRow], keys: Sequence[KeyRow]) -> None:
-        """What PRIMARY KEY and UNIQUE(stream, version) check in a database: the whole batch or nothing."""
+    def _validate(log: MemoryLog, rows: Sequence[EventRow], keys: Sequence[KeyRow], forget: Sequence[str]) -> None:
+        """What PRIMARY KEY and UNIQUE(stream, version) check in a database: the whole batch or nothing
+        (the keys ``forget`` are deleted first, as the databases do)."""
         positions: set[int] = set()
         versions: set[tuple[str, int]] = set()
         last = log.rows[-1][0] if log.rows else 0
@@ -142,8 +145,9 @@ class MemoryStore:
             versions.add((stream, version))
             last = position
         seen: set[str] = set()
+        gone = set(forget)
         for key, *_ in keys:
-            if key in log.keys or key in seen:
+            if (key in log.keys and key not in gone) or key in seen:
                 raise ConcurrencyError(f"idempotency key {key!r} is already stored; a key is written once")
             seen.add(key)
 

@@ -170,6 +170,10 @@ class Metrics(Collector):
             ):
                 yield CounterMetricFamily(f"soloist_commands_{name}", doc, value)
             yield CounterMetricFamily("soloist_batches", "Batches decided", w.batches)
+            yield GaugeMetricFamily("soloist_idempotency_keys", "Idempotency keys remembered", w.keys)
+            yield CounterMetricFamily(
+                "soloist_idempotency_keys_forgotten", "Idempotency keys deleted after key_ttl", w.keys_forgotten
+            )
             yield GaugeMetricFamily("soloist_queue_depth", "Commands waiting in the writer's queue", w.queue_depth)
             yield GaugeMetricFamily("soloist_queue_peak_depth", "Deepest the writer's queue has been", w.queue_peak)
             yield GaugeMetricFamily("soloist_queue_capacity", "The writer queue's bound", w.queue_capacity)

@@ -78,10 +78,11 @@ CREATE TABLE {s}.events (
     UNIQUE (stream, version)
 );
 CREATE TABLE {s}.keys (
-    key         text   PRIMARY KEY,
-    fingerprint text   NOT NULL,
-    position    bigint NOT NULL,
-    command_id  text   NOT NULL
+    key         text             PRIMARY KEY,
+    fingerprint text             NOT NULL,
+    position    bigint           NOT NULL,
+    command_id  text             NOT NULL,
+    recorded_at double precision NOT NULL
 );
 CREATE TABLE {s}.lease (
     id         boolean     PRIMARY KEY DEFAULT true CHECK (id),
@@ -92,9 +93,16 @@ CREATE TABLE {s}.lease (
 INSERT INTO {s}.meta (name, value) VALUES ('format', '{format}'), ('log_id', replace(gen_random_uuid()::text, '-', ''));
 INSERT INTO {s}.lease (epoch, holder, expires_at) VALUES (0, '', '-infinity');
 """
+# A log created before keys stored their time (they expire ``key_ttl`` after it): the keys already there get
+# the time of this upgrade, so that each is kept one more whole window, never less.
+_MIGRATE_KEY_TIMES: Final = """
+ALTER TABLE {s}.keys ADD COLUMN recorded_at double precision NOT NULL DEFAULT extract(epoch FROM now());
+ALTER TABLE {s}.keys ALTER COLUMN recorded_at DROP DEFAULT;
+"""
 
 # One statement per batch. `lease` renews this writer's lease iff it is still current; `ok` adds the
-# gap check (the batch starts right after the committed head); the inserts run only if `ok` has a row.
+# gap check (the batch starts right after the committed head); the inserts and the deletion of expired keys
+# run only if `ok` has a row (the writer never inserts a key it deletes in the same batch).
 # The outer SELECT tells the two failures apart: no lease row -> Fenced, lease but no `ok` -> a gap.
 _APPEND: Final = """
 WITH lease AS (
@@ -109,9 +117,11 @@ WITH lease AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::integer[], $6::bytea[],
                          $7::text[], $8::text[], $9::float8[])
     WHERE EXISTS (SELECT 1 FROM ok)
+), gone AS (
+    DELETE FROM {s}.keys WHERE key = ANY($18::text[]) AND EXISTS (SELECT 1 FROM ok)
 ), k AS (
-    INSERT INTO {s}.keys (key, fingerprint, position, command_id)
-    SELECT * FROM unnest($13::text[], $14::text[], $15::bigint[], $16::text[])
+    INSERT INTO {s}.keys (key, fingerprint, position, command_id, recorded_at)
+    SELECT * FROM unnest($13::text[], $14::text[], $15::bigint[], $16::text[], $17::float8[])
     WHERE EXISTS (SELECT 1 FROM ok)
 )
 SELECT (SELECT count(*) FROM lease), (SELECT count(*) FROM ok)
@@ -132,7 +142,7 @@ _COLUMNS: Final = "position, stream, version, type, schema, data, command_id, id
 _READ: Final = f"SELECT {_COLUMNS} FROM {{s}}.events WHERE position > $1 ORDER BY position LIMIT $2"
 _READ_STREAM: Final = f"SELECT {_COLUMNS} FROM {{s}}.events WHERE stream = $1 ORDER BY version"
 _HEAD: Final = "SELECT coalesce(max(position), 0) FROM {s}.events"
-_KEYS: Final = "SELECT key, fingerprint, position, command_id FROM {s}.keys"
+_KEYS: Final = "SELECT key, fingerprint, position, command_id, recorded_at FROM {s}.keys"
 
 
 def _rows(records: list[asyncpg.Record]) -> Sequence[StoredRow]:
@@ -288,6 +298,12 @@ class PostgresStore:
                         f"{self.where} holds tables {sorted(tables)} but not a soloist log (which has "
                         f"{sorted(_TABLES)}); pass another schema= or database, or drop that schema"
                     )
+                elif self._create and not await conn.fetchval(
+                    "SELECT count(*) FROM information_schema.columns "
+                    "WHERE table_schema = $1 AND table_name = 'keys' AND column_name = 'recorded_at'",
+                    name,
+                ):
+                    await conn.execute(_MIGRATE_KEY_TIMES.format(s=s))
                 meta = {str(r[0]): str(r[1]) for r in await conn.fetch(f"SELECT name, value FROM {s}.meta")}
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, "creating the log's schema") from exc
@@ -451,7 +467,7 @@ class PostgresStore:
 
     # -- the port -----------------------------------------------------------------------------------------
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
         self._readers()  # raises if the store is not open
         epoch = self._require_epoch(f"append {len(rows)} events")
         first: int | None = None
@@ -463,7 +479,7 @@ class PostgresStore:
                     "the writer must assign positions head+1, head+2, ... (a bug in the caller)"
                 )
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in range(9)]
-        key_columns = list(zip(*keys, strict=True)) if keys else [() for _ in range(4)]
+        key_columns = list(zip(*keys, strict=True)) if keys else [() for _ in range(5)]
         try:
             async with self._conn_lock:
                 counts = await (await self._writer()).fetchrow(
@@ -473,6 +489,7 @@ class PostgresStore:
                     epoch,
                     None if first is None else first - 1,
                     *key_columns,
+                    list(forget),
                 )
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, f"appending {len(rows)} events") from exc
@@ -514,4 +531,7 @@ class PostgresStore:
             records = await self._readers().fetch(self._sql_keys)
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, "reading the idempotency keys") from exc
-        return {key: StoredKey(fingerprint, position, command_id) for key, fingerprint, position, command_id in records}
+        return {
+            key: StoredKey(fingerprint, position, command_id, at)
+            for key, fingerprint, position, command_id, at in records
+        }

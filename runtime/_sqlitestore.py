@@ -72,7 +72,7 @@ class SQLiteStore:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
         if rows and (rows[0][0] != self._head + 1 or rows[-1][0] - rows[0][0] != len(rows) - 1):
             # the flock keeps other writers out, so the head is known: two comparisons, no query
             raise ConcurrencyError(
@@ -81,7 +81,7 @@ class SQLiteStore:
                 "restart it so that it recovers from the log"
             )
         try:
-            await self.log.append(rows, keys)
+            await self.log.append(rows, keys, forget)
         except PersistenceError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 span = f"positions {rows[0][0]}..{rows[-1][0]}" if rows else "no events"

@@ -55,8 +55,8 @@ __all__ = [
 # position, stream, version, type, schema, data (the event as JSON bytes, already encoded), command_id,
 # idempotency_key, recorded_at (time.time())
 EventRow = tuple[int, str, int, str, int, bytes, str, str | None, float]
-# key, fingerprint, position, command_id of the command that used it
-KeyRow = tuple[str, str, int, str]
+# key, fingerprint, position, command_id of the command that used it, recorded_at (time.time() of its batch)
+KeyRow = tuple[str, str, int, str, float]
 
 
 class StoredKey(NamedTuple):
@@ -65,6 +65,7 @@ class StoredKey(NamedTuple):
     fingerprint: str
     position: int
     command_id: str
+    recorded_at: float  # time.time() of the batch that stored it: the key is forgotten ``key_ttl`` after it
 
 
 class EventStore(Protocol):
@@ -81,8 +82,9 @@ class EventStore(Protocol):
         """Release connections and locks; safe to call twice and from a cancelled task."""
         ...
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
-        """Append the events of a batch and the idempotency keys they answer in one durable transaction."""
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
+        """Append the events of a batch and the idempotency keys they answer in one durable transaction, which
+        also deletes the expired keys ``forget`` (deleted before the inserts; an absent key is no error)."""
         ...
 
     async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:

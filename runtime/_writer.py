@@ -77,6 +77,8 @@ if TYPE_CHECKING:
 __all__ = ["Reply", "Writer", "WriterStatistics"]
 
 _GATHER_FROM = 16  # a commit that acknowledged fewer commands is not followed by a gathering wait
+DEFAULT_KEY_TTL: Final = 86_400.0  # a day: how long an idempotency key is remembered at least (Writer)
+_FORGET_MAX = 4096  # expired keys deleted per commit at most: a backlog goes over several commits
 _log = structlog.get_logger("soloist.writer")
 _decode_checkpoint: Final = msgspec.json.Decoder(list[tuple[str, int, str, msgspec.Raw]]).decode
 _ABSENT: Final = object()
@@ -102,6 +104,8 @@ class WriterStatistics:
     failed: int
     undurable: int = 0  # commands decided, not yet durable
     undurable_peak: int = 0
+    keys: int = 0  # idempotency keys remembered (durable)
+    keys_forgotten: int = 0  # keys deleted ``key_ttl`` after they were stored
 
 
 class Reply(Protocol):
@@ -151,6 +155,7 @@ class _Counters:
         "commit_ms",
         "duplicates",
         "failed",
+        "keys_forgotten",
         "peak",
         "rejected",
         "undurable_peak",
@@ -159,6 +164,7 @@ class _Counters:
     def __init__(self) -> None:
         self.batches = self.commands = self.batch_last = self.batch_max = self.peak = 0
         self.accepted = self.rejected = self.duplicates = self.failed = self.undurable_peak = 0
+        self.keys_forgotten = 0
         self.commit_ms = 0.0
 
 
@@ -168,6 +174,12 @@ class Writer:
 
     ``max_undurable`` bounds the commands decided but not yet durable (default ``2 * max_batch``: one
     group in the commit, one growing behind it).
+
+    ``key_ttl``: an idempotency key is remembered for at least this many seconds after its command was
+    committed (default a day; None: forever). Expired keys are deleted, oldest first and at most
+    ``_FORGET_MAX`` at a time, in the transaction of a later commit; only then are they forgotten in memory,
+    so a key is never used again before its old row is gone. ``clock`` gives the time stored with events
+    and keys (``time.time``; tests pass their own).
     """
 
     def __init__(
@@ -183,7 +195,11 @@ class Writer:
         states: TypeRegistry | None = None,
         max_undurable: int | None = None,
         gather: float = 0.001,
+        key_ttl: float | None = DEFAULT_KEY_TTL,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        if key_ttl is not None and not key_ttl > 0:
+            raise ValueError(f"key_ttl ({key_ttl}) is in seconds and must be positive, or None to keep keys forever")
         if max_undurable is None:
             max_undurable = 2 * max_batch
         if capacity < 1 or max_batch < 1 or max_undurable < 1:
@@ -193,6 +209,8 @@ class Writer:
         if not 0 <= gather <= 1:
             raise ValueError(f"gather ({gather}) is in seconds, from 0 (never wait) to 1")
         self._gather_for = gather
+        self._key_ttl = key_ttl
+        self._clock = clock
         self._domain = domain
         self._decide = domain.decide
         self._evolve = domain.evolve
@@ -210,6 +228,7 @@ class Writer:
         self._versions: dict[str, int] = {}
         self._keys: dict[str, StoredKey] = {}  # durable
         self._pending_keys: dict[str, StoredKey] = {}  # of decided batches not yet durable
+        self._key_times: deque[tuple[float, str]] = deque()  # (recorded_at, key) of _keys, oldest first
         self._position = 0  # durable
         self._head = 0  # speculative: the position the next decided event takes is _head + 1
         self._pending: deque[_Decided] = deque()  # decided, waiting for the committer
@@ -260,6 +279,8 @@ class Writer:
             failed=s.failed,
             undurable=self._undurable,
             undurable_peak=s.undurable_peak,
+            keys=len(self._keys),
+            keys_forgotten=s.keys_forgotten,
         )
 
     def restore(self, snapshot: tuple[int, bytes] | None) -> int:
@@ -312,8 +333,12 @@ class Writer:
             self._position = self._head = chunk[-1].position
 
     async def load_keys(self) -> None:
-        """Load every idempotency key (written with its events, so always in step with the log)."""
-        self._keys = await self._log.keys()
+        """Load every idempotency key (written with its events, so always in step with the log); those past
+        ``key_ttl`` are deleted by the next commits."""
+        keys = await self._log.keys()
+        self._keys = keys
+        if self._key_ttl is not None:
+            self._key_times = deque(sorted([(stored.recorded_at, key) for key, stored in keys.items()]))
 
     def log_recovered(self, *, from_checkpoint: int, events: int, started: float) -> None:
         _log.info(
@@ -562,7 +587,7 @@ class Writer:
         decide, evolve, stream_of, affects = self._decide, self._evolve, self._stream_of, self._affects
         tag_of = self._events.tag_of
         translate = self._domain.translate
-        now = time.time()
+        now = self._clock()
         position = start = self._head
         decided = _Decided(len(batch))
         rows, objects, undo, outcomes = decided.rows, decided.objects, decided.undo, decided.outcomes
@@ -625,10 +650,10 @@ class Writer:
                 outcomes.append((sub, self._internal(exc, sub)))
                 continue
             if key is not None:
-                stored = StoredKey(fingerprint=fp, position=position, command_id=command_id)
+                stored = _new_tuple(StoredKey, (fp, position, command_id, now))
                 pending_keys[key] = stored  # later decisions see it; it vanishes if this batch fails
                 decided.keys.append((key, stored))
-                decided.key_rows.append((key, fp, position, command_id))
+                decided.key_rows.append((key, fp, position, command_id, now))
             outcomes.append((sub, _new_tuple(Receipt, (position, command_id, len(rows) - row_mark, False))))
         decided.position = self._head = position
         return decided
@@ -643,10 +668,12 @@ class Writer:
             key_rows = [key_row for d in group for key_row in d.key_rows]
         commands = sum(d.commands for d in group)
         stats = self._stats
-        if rows or key_rows:
+        key_times = self._key_times
+        forget = self._expired() if key_times else []
+        if rows or key_rows or forget:
             commit_started = time.perf_counter()
             try:
-                await self._log.append(rows, key_rows)
+                await self._log.append(rows, key_rows, forget)
             except (PersistenceError, ConcurrencyError) as exc:
                 on_top = list(self._pending)  # decided while this commit ran, on a state that is now gone
                 self._pending.clear()
@@ -669,9 +696,16 @@ class Writer:
         self._position = group[-1].position
         self._undurable -= commands
         keys, pending_keys = self._keys, self._pending_keys
+        expiring = self._key_ttl is not None
+        if forget:  # deleted from the log: only now may a later command use these keys again
+            for _ in forget:
+                keys.pop(key_times.popleft()[1], None)
+            stats.keys_forgotten += len(forget)
         for d in group:
             for key, stored in d.keys:
                 keys[key] = stored
+                if expiring:
+                    key_times.append((stored.recorded_at, key))
                 del pending_keys[key]
         stats.batches += 1
         stats.commands += commands
@@ -692,7 +726,7 @@ class Writer:
                     if not sub.future.done():
                         sub.future.set_exception(outcome)
         if self.observer is not None:  # metrics: one call per commit, nothing per command when off
-            wrote = bool(rows or key_rows)
+            wrote = bool(rows or key_rows or forget)
             submitted = [sub.submitted for d in group for sub, _ in d.outcomes]
             self.observer(stats.commit_ms / 1000 if wrote else None, submitted, time.perf_counter())
         _log.debug(
@@ -705,6 +739,19 @@ class Writer:
         )
         if rows:
             self._publish(Batch(events=_recorded(rows, objects), committed_at=committed_at))
+
+    def _expired(self) -> list[str]:
+        """The oldest keys past ``key_ttl`` (at most _FORGET_MAX: a backlog is deleted over several commits)."""
+        ttl = self._key_ttl
+        if ttl is None:
+            return []
+        cutoff = self._clock() - ttl
+        expired: list[str] = []
+        for recorded_at, key in self._key_times:
+            if recorded_at >= cutoff or len(expired) == _FORGET_MAX:
+                break
+            expired.append(key)
+        return expired
 
     def _roll_back(
         self, failed: list[_Decided], error: CQRSError, on_top_error: CQRSError, on_top: Sequence[_Decided] = ()

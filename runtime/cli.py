@@ -45,6 +45,7 @@ from ._gc import DEFAULT_GC_THRESHOLD, tune_process
 from ._logging import configure_logging
 from ._metrics import Metrics
 from ._store import is_postgres_url
+from ._writer import DEFAULT_KEY_TTL
 from .net import Client, Follower, Server, Upstream, parse_address
 from .net._http import HttpServer
 from .net._jetstream import JetStreamFollower, JetStreamPublisher, default_stream_name
@@ -90,6 +91,8 @@ async def _until_signal(signals: AsyncIterator[signal.Signals]) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     domain = load_domain(args.domain)
+    if not args.key_ttl >= 0:
+        raise UsageError(f"--key-ttl is in seconds, 0 or more (0 keeps idempotency keys forever), got {args.key_ttl}")
     if args.standby and not is_postgres_url(args.db):
         raise UsageError("--standby needs a shared log: --db postgresql://... (a SQLite file has one writer)")
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -101,6 +104,7 @@ async def _serve(args: argparse.Namespace) -> int:
             snapshot_every=args.snapshot_every,
             standby=args.standby,
             lease_ttl=args.lease_ttl,
+            key_ttl=args.key_ttl or None,
         ) as app:
             _tune()
             if not args.no_seed and app.role == "writer" and app.position == 0 and domain.seed is not None:
@@ -339,6 +343,13 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="PostgreSQL: the writer's lease; a dead writer is replaced within about this long (default 5)",
+    )
+    serve.add_argument(
+        "--key-ttl",
+        type=float,
+        default=DEFAULT_KEY_TTL,
+        metavar="SECONDS",
+        help="remember each idempotency key at least this long, then delete it (default 86400, a day; 0: forever)",
     )
 
     def nats_options(p: argparse.ArgumentParser, what: str) -> None:

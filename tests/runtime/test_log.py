@@ -34,7 +34,7 @@ class TestEventLog:
     async def test_append_and_read_back(self, db: Path) -> None:
         """A batch appended in one transaction reads back in order, decoded, by position and by stream."""
         async with EventLog(db) as log:
-            await log.append(rows(1, 5), [("key", "fp", 5, "c")])
+            await log.append(rows(1, 5), [("key", "fp", 5, "c", 1.0)])
             assert await log.head() == 5
             keys = await log.keys()
             assert keys["key"].position == 5

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import sqlite3
 import tempfile
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,7 @@ class GatedLog:
         """Set when append ``n`` has started (and is waiting at its gate, if it has one)."""
         return self.arrived.setdefault(n, anyio.Event())
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = ()) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
         self.calls += 1
         n = self.calls
         self.sizes.append(len(rows))
@@ -76,11 +77,11 @@ class GatedLog:
         if gate is not None:
             await gate.wait()
         if n not in self.failing:
-            await self.store.append(rows, keys)
+            await self.store.append(rows, keys, forget)
             return
         await self.log.set_pragma("query_only", 1)  # SQLite itself refuses this transaction
         try:
-            await self.store.append(rows, keys)
+            await self.store.append(rows, keys, forget)
         finally:
             await self.log.set_pragma("query_only", 0)
 
@@ -518,10 +519,13 @@ class TestKeyMigration:
         """A log without idempotency.command_id is migrated on open: filled from the key's event, '' if none."""
         with sqlite3.connect(db) as conn:
             conn.executescript(_OLD_SCHEMA)
+        before = time.time()
         async with EventLog(db) as log:
             keys = await log.keys()
             assert (keys["open-a"].command_id, keys["noop"].command_id) == ("cmd-1", "")
-            await log.append([], [("new", "fp-new", 1, "cmd-2")])
+            # keys had no time either: they get the upgrade's, so each lives one more whole key_ttl
+            assert before <= keys["open-a"].recorded_at == keys["noop"].recorded_at <= time.time()
+            await log.append([], [("new", "fp-new", 1, "cmd-2", 1.0)])
             assert (await log.keys())["new"].command_id == "cmd-2"
         async with EventLog(db) as log:  # opening again changes nothing
             assert (await log.keys())["open-a"].command_id == "cmd-1"

@@ -134,19 +134,19 @@ class EventStoreContract(ABC):
             assert await store.read_stream("account-z") == []
 
     async def test_keys_are_stored_with_their_batch_and_survive_reopen(self) -> None:
-        """Idempotency keys come back with fingerprint, position and command id, also after a restart."""
-        keys: list[KeyRow] = [("k1", "fp1", 2, "cmd-2"), ("k2", "fp2", 3, "cmd-3")]
+        """Idempotency keys come back with fingerprint, position, command id and time, also after a restart."""
+        keys: list[KeyRow] = [("k1", "fp1", 2, "cmd-2", 1000.5), ("k2", "fp2", 3, "cmd-3", 1000.5)]
         async with self.opened() as store:
             await store.append(rows(1, 3), keys)
-            await store.append([], [("k3", "fp3", 3, "cmd-none")])  # a command that emitted nothing
+            await store.append([], [("k3", "fp3", 3, "cmd-none", 1001.25)])  # a command that emitted nothing
             assert await store.head() == 3
             before = await store.keys()
         async with self.opened() as store:
             after = await store.keys()
         expected = {
-            "k1": StoredKey("fp1", 2, "cmd-2"),
-            "k2": StoredKey("fp2", 3, "cmd-3"),
-            "k3": StoredKey("fp3", 3, "cmd-none"),
+            "k1": StoredKey("fp1", 2, "cmd-2", 1000.5),
+            "k2": StoredKey("fp2", 3, "cmd-3", 1000.5),
+            "k3": StoredKey("fp3", 3, "cmd-none", 1001.25),
         }
         assert before == after == expected
 
@@ -169,7 +169,7 @@ class EventStoreContract(ABC):
             await store.append(rows(1, 2))
             clash = [*rows(3, 1, stream="account-b", version=1), *rows(4, 1, stream="account-a", version=2)]
             with pytest.raises(ConcurrencyError):
-                await store.append(clash, [("k", "fp", 4, "cmd-4")])
+                await store.append(clash, [("k", "fp", 4, "cmd-4", 1.0)])
             assert await store.head() == 2
             assert await self.positions(store) == [1, 2]
             assert await store.read_stream("account-b") == []
@@ -204,11 +204,27 @@ class EventStoreContract(ABC):
     async def test_reused_key_is_refused_with_its_batch(self) -> None:
         """A key already stored is refused, and the events of that batch with it."""
         async with self.opened() as store:
-            await store.append(rows(1, 1), [("k", "fp", 1, "cmd-1")])
+            await store.append(rows(1, 1), [("k", "fp", 1, "cmd-1", 1.0)])
             with pytest.raises(ConcurrencyError):
-                await store.append(rows(2, 1), [("k", "fp-other", 2, "cmd-2")])
+                await store.append(rows(2, 1), [("k", "fp-other", 2, "cmd-2", 2.0)])
             assert await store.head() == 1
-            assert await store.keys() == {"k": StoredKey("fp", 1, "cmd-1")}
+            assert await store.keys() == {"k": StoredKey("fp", 1, "cmd-1", 1.0)}
+
+    async def test_forgotten_keys_are_deleted_with_their_batch(self) -> None:
+        """``forget`` deletes keys in the batch's own transaction, before its inserts: a refused batch deletes
+        nothing, an absent key is no error, a batch may only delete, and a deleted key can be stored again."""
+        async with self.opened() as store:
+            await store.append(rows(1, 2), [("old", "fp", 1, "c1", 1.0), ("kept", "fp", 2, "c2", 2.0)])
+            with pytest.raises(ConcurrencyError):
+                await store.append(rows(5, 1), [], ["old"])  # a gap: refused whole
+            assert set(await store.keys()) == {"old", "kept"}
+            await store.append(rows(3, 1), [], ["old", "never-stored"])
+            assert set(await store.keys()) == {"kept"}
+            await store.append([], [("old", "fp-new", 3, "c3", 3.0)], [])
+            await store.append([], [], ["kept"])  # deletions only
+            assert await store.head() == 3
+        async with self.opened() as store:
+            assert await store.keys() == {"old": StoredKey("fp-new", 3, "c3", 3.0)}
 
     async def test_concurrent_reads_while_appending(self) -> None:
         """A reader following the log while batches commit sees every position once, in order, never a gap."""

@@ -22,7 +22,7 @@ class TestMemoryStore(EventStoreContract):
         async with MemoryStore(EVENTS, self.log) as store:
             store.fail_next_append(StorageFull("injected: disk full"))
             with pytest.raises(StorageFull, match="injected"):
-                await store.append(rows(1, 2), [("k", "fp", 2, "c")])
+                await store.append(rows(1, 2), [("k", "fp", 2, "c", 1.0)])
             assert await store.head() == 0
             assert await store.keys() == {}
             await store.append(rows(1, 2))
@@ -33,6 +33,6 @@ class TestMemoryStore(EventStoreContract):
         async with MemoryStore(EVENTS, self.log) as store:
             store.fail_next_append(PersistenceError("injected: connection lost"), after_commit=True)
             with pytest.raises(PersistenceError, match="injected"):
-                await store.append(rows(1, 2), [("k", "fp", 2, "c")])
+                await store.append(rows(1, 2), [("k", "fp", 2, "c", 1.0)])
             assert await store.head() == 2
             assert "k" in await store.keys()

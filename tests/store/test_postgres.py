@@ -64,7 +64,7 @@ class TestPostgresStore(EventStoreContract):
             await wait_until_expired(a)
             assert await b.acquire_lease("writer-b", 30) == epoch + 1
             with pytest.raises(Fenced, match="writer-b") as caught:
-                await a.append(rows(3, 1), [("k", "fp", 3, "c")])
+                await a.append(rows(3, 1), [("k", "fp", 3, "c", 1.0)])
             assert (caught.value.epoch, caught.value.holder, caught.value.code) == (epoch + 1, "writer-b", "fenced")
             assert await a.acquire_lease("writer-a", TTL) is None  # B holds it
             with pytest.raises(Fenced):
@@ -166,6 +166,26 @@ class TestPostgresStore(EventStoreContract):
             with pytest.raises(ReadOnlyStorage, match="primary"):
                 await store.acquire_lease("writer-a", 30)
             assert await store.head() == 0
+
+    async def test_old_log_gains_key_times(self) -> None:
+        """A log whose keys table predates recorded_at is migrated by the writer's open: the keys already there
+        get the upgrade's time (each lives one more whole key_ttl); new keys store their own."""
+        async with self.make_store() as store:
+            await self.become_writer(store)
+            await store.append(rows(1, 1), [("old", "fp", 1, "c1", 5.0)])
+        admin = await asyncpg.connect(self.dsn)
+        try:
+            await admin.execute("ALTER TABLE soloist.keys DROP COLUMN recorded_at")
+            before = await admin.fetchval("SELECT extract(epoch FROM now())::float8")
+        finally:
+            await admin.close()
+        async with self.make_store() as store:
+            await self.become_writer(store)
+            old = (await store.keys())["old"]
+            assert (old.fingerprint, old.position, old.command_id) == ("fp", 1, "c1")
+            assert old.recorded_at >= before
+            await store.append(rows(2, 1), [("new", "fp", 2, "c2", 7.0)], ["old"])
+            assert {k: v.recorded_at for k, v in (await store.keys()).items()} == {"new": 7.0}
 
     async def test_two_stores_create_one_log(self) -> None:
         """Two stores opening a new database at once create the schema once and agree on the log id."""
