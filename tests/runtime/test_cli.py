@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import gc
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
 from structlog.testing import capture_logs
 
 from soloist import Domain, NotFound
 from soloist._gc import DEFAULT_SWITCH_INTERVAL
-from soloist.cli import UsageError, _exit_code, _tune, load_domain
+from soloist.cli import UsageError, _exit_code, _tune, load_domain, main
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class TestLoadDomain:
@@ -57,6 +61,13 @@ class TestExitCodes:
         """A usage error prints one line to stderr and exits 2."""
         assert _exit_code("serve", UsageError("bad --domain")) == 2
         assert capsys.readouterr().err == "soloist serve: bad --domain\n"
+
+    def test_negative_key_ttl_is_a_usage_error(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """``--key-ttl`` takes seconds, 0 or more (0 keeps keys forever); a negative one exits 2, no log made."""
+        db = tmp_path / "log.db"
+        assert main(["serve", "--db", str(db), "--port", "0", "--key-ttl", "-1"]) == 2
+        assert "--key-ttl is in seconds" in capsys.readouterr().err
+        assert not db.exists()
 
     def test_runtime_errors_are_1(self) -> None:
         """Runtime and OS errors (also alone in a task group) exit 1; anything else is re-raised."""
