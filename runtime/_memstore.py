@@ -12,6 +12,7 @@ the caller cannot tell, the log is the truth).
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, final
@@ -92,17 +93,17 @@ class MemoryStore:
             raise PersistenceError("the in-memory event store is not open; use `async with MemoryStore(...)`")
         return self._log
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
         log = self._check_open()
         fault = self._faults.pop(0) if self._faults else None
         if fault is not None and not fault.after_commit:
             raise fault.error
         await anyio.lowlevel.checkpoint()  # a real driver yields here; cancellation before commit = nothing written
         log = self._check_open()
-        self._validate(log, rows, keys, forget)
+        self._validate(log, rows)
         # commit: nothing below can fail
-        for key in forget:
-            log.keys.pop(key, None)
+        for key in list(itertools.islice(log.keys, forget)):  # the oldest: a dict keeps insertion order
+            del log.keys[key]
         for row in rows:
             position, stream, version = row[0], row[1], row[2]
             log.positions[position] = len(log.rows)
@@ -116,9 +117,8 @@ class MemoryStore:
             raise fault.error
 
     @staticmethod
-    def _validate(log: MemoryLog, rows: Sequence[EventRow], keys: Sequence[KeyRow], forget: Sequence[str]) -> None:
-        """What PRIMARY KEY and UNIQUE(stream, version) check in a database: the whole batch or nothing
-        (the keys ``forget`` are deleted first, as the databases do)."""
+    def _validate(log: MemoryLog, rows: Sequence[EventRow]) -> None:
+        """What PRIMARY KEY and UNIQUE(stream, version) check in a database: the whole batch or nothing."""
         positions: set[int] = set()
         versions: set[tuple[str, int]] = set()
         last = log.rows[-1][0] if log.rows else 0
@@ -144,12 +144,6 @@ class MemoryStore:
             positions.add(position)
             versions.add((stream, version))
             last = position
-        seen: set[str] = set()
-        gone = set(forget)
-        for key, *_ in keys:
-            if (key in log.keys and key not in gone) or key in seen:
-                raise ConcurrencyError(f"idempotency key {key!r} is already stored; a key is written once")
-            seen.add(key)
 
     async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
         log = self._check_open()

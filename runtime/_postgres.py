@@ -77,13 +77,7 @@ CREATE TABLE {s}.events (
     recorded_at     double precision NOT NULL,
     UNIQUE (stream, version)
 );
-CREATE TABLE {s}.keys (
-    key         text             PRIMARY KEY,
-    fingerprint text             NOT NULL,
-    position    bigint           NOT NULL,
-    command_id  text             NOT NULL,
-    recorded_at double precision NOT NULL
-);
+{keys}
 CREATE TABLE {s}.lease (
     id         boolean     PRIMARY KEY DEFAULT true CHECK (id),
     epoch      bigint      NOT NULL,
@@ -93,16 +87,29 @@ CREATE TABLE {s}.lease (
 INSERT INTO {s}.meta (name, value) VALUES ('format', '{format}'), ('log_id', replace(gen_random_uuid()::text, '-', ''));
 INSERT INTO {s}.lease (epoch, holder, expires_at) VALUES (0, '', '-infinity');
 """
-# A log created before keys stored their time (they expire ``key_ttl`` after it): the keys already there get
-# the time of this upgrade, so that each is kept one more whole window, never less.
-_MIGRATE_KEY_TIMES: Final = """
-ALTER TABLE {s}.keys ADD COLUMN recorded_at double precision NOT NULL DEFAULT extract(epoch FROM now());
-ALTER TABLE {s}.keys ALTER COLUMN recorded_at DROP DEFAULT;
+# Idempotency keys in commit order (`id`), with no index on the key: the writer owns their uniqueness in
+# memory, and deletes the oldest once `key_ttl` has passed (as the SQLite log; see runtime/_log.py).
+_KEYS_TABLE: Final = """
+CREATE TABLE {s}.{name} (
+    id          bigint           GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    key         text             NOT NULL,
+    fingerprint text             NOT NULL,
+    position    bigint           NOT NULL,
+    command_id  text             NOT NULL,
+    recorded_at double precision NOT NULL
+);"""
+# A log whose keys were keyed by the key (before keys expired): rebuilt in position order; the keys already
+# there get the time of this upgrade (they had none), so that each is kept one more whole key_ttl, never less.
+_MIGRATE_KEY_LOG: Final = """
+INSERT INTO {s}.keys_log (key, fingerprint, position, command_id, recorded_at)
+    SELECT key, fingerprint, position, command_id, extract(epoch FROM now()) FROM {s}.keys ORDER BY position, key;
+DROP TABLE {s}.keys;
+ALTER TABLE {s}.keys_log RENAME TO keys;
 """
 
 # One statement per batch. `lease` renews this writer's lease iff it is still current; `ok` adds the
-# gap check (the batch starts right after the committed head); the inserts and the deletion of expired keys
-# run only if `ok` has a row (the writer never inserts a key it deletes in the same batch).
+# gap check (the batch starts right after the committed head); the inserts and the deletion of the $18
+# oldest keys run only if `ok` has a row (the deletion sees the statement's snapshot: never the new keys).
 # The outer SELECT tells the two failures apart: no lease row -> Fenced, lease but no `ok` -> a gap.
 _APPEND: Final = """
 WITH lease AS (
@@ -118,11 +125,15 @@ WITH lease AS (
                          $7::text[], $8::text[], $9::float8[])
     WHERE EXISTS (SELECT 1 FROM ok)
 ), gone AS (
-    DELETE FROM {s}.keys WHERE key = ANY($18::text[]) AND EXISTS (SELECT 1 FROM ok)
+    DELETE FROM {s}.keys WHERE id IN (SELECT id FROM {s}.keys ORDER BY id LIMIT $18::bigint)
+    AND EXISTS (SELECT 1 FROM ok)
 ), k AS (
     INSERT INTO {s}.keys (key, fingerprint, position, command_id, recorded_at)
-    SELECT * FROM unnest($13::text[], $14::text[], $15::bigint[], $16::text[], $17::float8[])
+    SELECT k, f, p, c, t
+    FROM unnest($13::text[], $14::text[], $15::bigint[], $16::text[], $17::float8[])
+         WITH ORDINALITY AS u(k, f, p, c, t, n)
     WHERE EXISTS (SELECT 1 FROM ok)
+    ORDER BY n
 )
 SELECT (SELECT count(*) FROM lease), (SELECT count(*) FROM ok)
 """
@@ -142,7 +153,7 @@ _COLUMNS: Final = "position, stream, version, type, schema, data, command_id, id
 _READ: Final = f"SELECT {_COLUMNS} FROM {{s}}.events WHERE position > $1 ORDER BY position LIMIT $2"
 _READ_STREAM: Final = f"SELECT {_COLUMNS} FROM {{s}}.events WHERE stream = $1 ORDER BY version"
 _HEAD: Final = "SELECT coalesce(max(position), 0) FROM {s}.events"
-_KEYS: Final = "SELECT key, fingerprint, position, command_id, recorded_at FROM {s}.keys"
+_KEYS: Final = "SELECT key, fingerprint, position, command_id, recorded_at FROM {s}.keys ORDER BY id"
 
 
 def _rows(records: list[asyncpg.Record]) -> Sequence[StoredRow]:
@@ -292,7 +303,7 @@ class PostgresStore:
                         fix="point --upstream-db at the database its writer's --db names",
                     )
                 if not tables:
-                    await conn.execute(_DDL.format(s=s, format=FORMAT))
+                    await conn.execute(_DDL.format(s=s, format=FORMAT, keys=_KEYS_TABLE.format(s=s, name="keys")))
                 elif not tables >= _TABLES:
                     raise LogCorrupted(
                         f"{self.where} holds tables {sorted(tables)} but not a soloist log (which has "
@@ -300,10 +311,10 @@ class PostgresStore:
                     )
                 elif self._create and not await conn.fetchval(
                     "SELECT count(*) FROM information_schema.columns "
-                    "WHERE table_schema = $1 AND table_name = 'keys' AND column_name = 'recorded_at'",
+                    "WHERE table_schema = $1 AND table_name = 'keys' AND column_name = 'id'",
                     name,
                 ):
-                    await conn.execute(_MIGRATE_KEY_TIMES.format(s=s))
+                    await conn.execute(_KEYS_TABLE.format(s=s, name="keys_log") + _MIGRATE_KEY_LOG.format(s=s))
                 meta = {str(r[0]): str(r[1]) for r in await conn.fetch(f"SELECT name, value FROM {s}.meta")}
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, "creating the log's schema") from exc
@@ -467,7 +478,7 @@ class PostgresStore:
 
     # -- the port -----------------------------------------------------------------------------------------
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
         self._readers()  # raises if the store is not open
         epoch = self._require_epoch(f"append {len(rows)} events")
         first: int | None = None
@@ -489,7 +500,7 @@ class PostgresStore:
                     epoch,
                     None if first is None else first - 1,
                     *key_columns,
-                    list(forget),
+                    forget,
                 )
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, f"appending {len(rows)} events") from exc

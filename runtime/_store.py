@@ -82,9 +82,10 @@ class EventStore(Protocol):
         """Release connections and locks; safe to call twice and from a cancelled task."""
         ...
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
         """Append the events of a batch and the idempotency keys they answer in one durable transaction, which
-        also deletes the expired keys ``forget`` (deleted before the inserts; an absent key is no error)."""
+        first deletes the ``forget`` oldest keys (keys are kept in commit order; their uniqueness is the
+        writer's: a store neither indexes nor checks them)."""
         ...
 
     async def read(self, after: int, limit: int = 2000) -> list[RecordedEvent]:
@@ -105,7 +106,7 @@ class EventStore(Protocol):
         ...
 
     async def keys(self) -> dict[str, StoredKey]:
-        """Every idempotency key of the log (loaded once, at recovery)."""
+        """Every idempotency key of the log, in commit order (loaded once, at recovery)."""
         ...
 
 

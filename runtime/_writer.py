@@ -176,9 +176,10 @@ class Writer:
     group in the commit, one growing behind it).
 
     ``key_ttl``: an idempotency key is remembered for at least this many seconds after its command was
-    committed (default a day; None: forever). Expired keys are deleted, oldest first and at most
-    ``_FORGET_MAX`` at a time, in the transaction of a later commit; only then are they forgotten in memory,
-    so a key is never used again before its old row is gone. ``clock`` gives the time stored with events
+    committed (default a day; None: forever). The log keeps keys in commit order; a later commit deletes
+    the oldest that expired (at most ``_FORGET_MAX``) in its own transaction, and only then does the writer
+    forget them, so a key is never used again while its old row exists. The writer alone keeps keys
+    unique (the log has no index on them: see runtime/_log.py). ``clock`` gives the time stored with events
     and keys (``time.time``; tests pass their own).
     """
 
@@ -337,8 +338,8 @@ class Writer:
         ``key_ttl`` are deleted by the next commits."""
         keys = await self._log.keys()
         self._keys = keys
-        if self._key_ttl is not None:
-            self._key_times = deque(sorted([(stored.recorded_at, key) for key, stored in keys.items()]))
+        if self._key_ttl is not None:  # in the log's order: the log deletes its oldest rows
+            self._key_times = deque([(stored.recorded_at, key) for key, stored in keys.items()])
 
     def log_recovered(self, *, from_checkpoint: int, events: int, started: float) -> None:
         _log.info(
@@ -669,7 +670,7 @@ class Writer:
         commands = sum(d.commands for d in group)
         stats = self._stats
         key_times = self._key_times
-        forget = self._expired() if key_times else []
+        forget = self._expired() if key_times else 0
         if rows or key_rows or forget:
             commit_started = time.perf_counter()
             try:
@@ -698,9 +699,9 @@ class Writer:
         keys, pending_keys = self._keys, self._pending_keys
         expiring = self._key_ttl is not None
         if forget:  # deleted from the log: only now may a later command use these keys again
-            for _ in forget:
+            for _ in range(forget):
                 keys.pop(key_times.popleft()[1], None)
-            stats.keys_forgotten += len(forget)
+            stats.keys_forgotten += forget
         for d in group:
             for key, stored in d.keys:
                 keys[key] = stored
@@ -740,17 +741,18 @@ class Writer:
         if rows:
             self._publish(Batch(events=_recorded(rows, objects), committed_at=committed_at))
 
-    def _expired(self) -> list[str]:
-        """The oldest keys past ``key_ttl`` (at most _FORGET_MAX: a backlog is deleted over several commits)."""
+    def _expired(self) -> int:
+        """How many of the oldest keys (commit order, as the log keeps them) are past ``key_ttl``: at most
+        _FORGET_MAX (a backlog is deleted over several commits), up to the first that is not."""
         ttl = self._key_ttl
         if ttl is None:
-            return []
+            return 0
         cutoff = self._clock() - ttl
-        expired: list[str] = []
-        for recorded_at, key in self._key_times:
-            if recorded_at >= cutoff or len(expired) == _FORGET_MAX:
+        expired = 0
+        for recorded_at, _ in self._key_times:
+            if recorded_at >= cutoff or expired == _FORGET_MAX:
                 break
-            expired.append(key)
+            expired += 1
         return expired
 
     def _roll_back(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from structlog.testing import capture_logs
 
 from soloist import Domain, NotFound
 from soloist._gc import DEFAULT_SWITCH_INTERVAL
-from soloist.cli import UsageError, _exit_code, _tune, load_domain, main
+from soloist.cli import UsageError, _exit_code, _tune, load_domain
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -62,11 +63,13 @@ class TestExitCodes:
         assert _exit_code("serve", UsageError("bad --domain")) == 2
         assert capsys.readouterr().err == "soloist serve: bad --domain\n"
 
-    def test_negative_key_ttl_is_a_usage_error(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_negative_key_ttl_is_a_usage_error(self, tmp_path: Path) -> None:
         """``--key-ttl`` takes seconds, 0 or more (0 keeps keys forever); a negative one exits 2, no log made."""
         db = tmp_path / "log.db"
-        assert main(["serve", "--db", str(db), "--port", "0", "--key-ttl", "-1"]) == 2
-        assert "--key-ttl is in seconds" in capsys.readouterr().err
+        argv = [sys.executable, "-m", "soloist.cli", "serve", "--db", str(db), "--port", "0", "--key-ttl", "-1"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2, done.stderr
+        assert "--key-ttl is in seconds" in done.stderr
         assert not db.exists()
 
     def test_runtime_errors_are_1(self) -> None:

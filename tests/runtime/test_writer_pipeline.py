@@ -33,7 +33,7 @@ from soloist import (
     ReadOnlyStorage,
     Receipt,
 )
-from soloist._log import EventLog
+from soloist._log import _MIGRATE_KEYS, EventLog
 from soloist._messages import Batch, RecordedEvent, TypeRegistry
 from soloist._sqlitestore import SQLiteStore
 from soloist._writer import Writer
@@ -68,7 +68,7 @@ class GatedLog:
         """Set when append ``n`` has started (and is waiting at its gate, if it has one)."""
         return self.arrived.setdefault(n, anyio.Event())
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Sequence[str] = ()) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
         self.calls += 1
         n = self.calls
         self.sizes.append(len(rows))
@@ -529,3 +529,23 @@ class TestKeyMigration:
             assert (await log.keys())["new"].command_id == "cmd-2"
         async with EventLog(db) as log:  # opening again changes nothing
             assert (await log.keys())["open-a"].command_id == "cmd-1"
+
+    async def test_keyed_table_becomes_the_append_only_one(self, db: Path) -> None:
+        """The keys table before keys expired (WITHOUT ROWID, keyed by the key) is rebuilt on open: rows in
+        position order with the upgrade's time, no index on the key; the oldest are the first forgotten."""
+        with sqlite3.connect(db) as conn:
+            conn.executescript(_OLD_SCHEMA)
+            conn.executescript(_MIGRATE_KEYS)  # as the previous format had it: with command ids
+            conn.execute("INSERT INTO idempotency VALUES ('first', 'fp', 0, '')")
+        before = time.time()
+        async with EventLog(db) as log:
+            keys = await log.keys()
+            assert list(keys) == ["first", "noop", "open-a"]  # by position, then key
+            assert all(before <= k.recorded_at <= time.time() for k in keys.values())
+            await log.append([], [("new", "fp", 1, "cmd-2", 1.0)], forget=2)
+            assert list(await log.keys()) == ["open-a", "new"]
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM pragma_index_list('idempotency')").fetchone() == (0,)
+            (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'idempotency'").fetchone()
+            assert "WITHOUT ROWID" not in sql
+            assert conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'append_batch%'").fetchall() == []

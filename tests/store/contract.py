@@ -201,30 +201,30 @@ class EventStoreContract(ABC):
                 await store.append(rows(5, 2))
             assert await self.positions(store) == [1, 2, 3]
 
-    async def test_reused_key_is_refused_with_its_batch(self) -> None:
-        """A key already stored is refused, and the events of that batch with it."""
+    async def test_keys_are_kept_in_commit_order_and_the_oldest_forgotten(self) -> None:
+        """Keys come back in commit order. ``forget=n`` deletes the n oldest in the batch's own transaction,
+        before its inserts (never one of its own); a refused batch deletes nothing; a batch may only delete;
+        more than there are is no error; a deleted key can be stored again."""
         async with self.opened() as store:
-            await store.append(rows(1, 1), [("k", "fp", 1, "cmd-1", 1.0)])
+            await store.append(rows(1, 2), [("b", "fp", 1, "c1", 1.0), ("a", "fp", 2, "c2", 2.0)])
+            await store.append([], [("c", "fp", 2, "c3", 3.0)])
+            assert list(await store.keys()) == ["b", "a", "c"]
             with pytest.raises(ConcurrencyError):
-                await store.append(rows(2, 1), [("k", "fp-other", 2, "cmd-2", 2.0)])
-            assert await store.head() == 1
-            assert await store.keys() == {"k": StoredKey("fp", 1, "cmd-1", 1.0)}
-
-    async def test_forgotten_keys_are_deleted_with_their_batch(self) -> None:
-        """``forget`` deletes keys in the batch's own transaction, before its inserts: a refused batch deletes
-        nothing, an absent key is no error, a batch may only delete, and a deleted key can be stored again."""
-        async with self.opened() as store:
-            await store.append(rows(1, 2), [("old", "fp", 1, "c1", 1.0), ("kept", "fp", 2, "c2", 2.0)])
-            with pytest.raises(ConcurrencyError):
-                await store.append(rows(5, 1), [], ["old"])  # a gap: refused whole
-            assert set(await store.keys()) == {"old", "kept"}
-            await store.append(rows(3, 1), [], ["old", "never-stored"])
-            assert set(await store.keys()) == {"kept"}
-            await store.append([], [("old", "fp-new", 3, "c3", 3.0)], [])
-            await store.append([], [], ["kept"])  # deletions only
+                await store.append(rows(5, 1), [], 1)  # a gap: refused whole
+            assert list(await store.keys()) == ["b", "a", "c"]
+            await store.append(rows(3, 1), [("d", "fp", 3, "c4", 4.0), ("e", "fp", 3, "c5", 5.0)], 2)
+            assert list(await store.keys()) == ["c", "d", "e"]
+            await store.append([], [], 1)  # deletions only
+            await store.append([], [("b", "fp-new", 3, "c6", 6.0)])
             assert await store.head() == 3
         async with self.opened() as store:
-            assert await store.keys() == {"old": StoredKey("fp-new", 3, "c3", 3.0)}
+            assert list((await store.keys()).items()) == [
+                ("d", StoredKey("fp", 3, "c4", 4.0)),
+                ("e", StoredKey("fp", 3, "c5", 5.0)),
+                ("b", StoredKey("fp-new", 3, "c6", 6.0)),
+            ]
+            await store.append([], [], 10)
+            assert await store.keys() == {}
 
     async def test_concurrent_reads_while_appending(self) -> None:
         """A reader following the log while batches commit sees every position once, in order, never a gap."""

@@ -167,25 +167,31 @@ class TestPostgresStore(EventStoreContract):
                 await store.acquire_lease("writer-a", 30)
             assert await store.head() == 0
 
-    async def test_old_log_gains_key_times(self) -> None:
-        """A log whose keys table predates recorded_at is migrated by the writer's open: the keys already there
-        get the upgrade's time (each lives one more whole key_ttl); new keys store their own."""
+    async def test_old_keys_table_is_rebuilt_in_position_order(self) -> None:
+        """A log whose keys table is keyed by the key (before keys expired) is rebuilt by the writer's open: in
+        position order, each key with the upgrade's time (it lives one more whole key_ttl); then it is the
+        append-only table (the oldest are forgotten first, new keys store their own time)."""
         async with self.make_store() as store:
             await self.become_writer(store)
-            await store.append(rows(1, 1), [("old", "fp", 1, "c1", 5.0)])
+            await store.append(rows(1, 1))
         admin = await asyncpg.connect(self.dsn)
         try:
-            await admin.execute("ALTER TABLE soloist.keys DROP COLUMN recorded_at")
+            await admin.execute(
+                "DROP TABLE soloist.keys; CREATE TABLE soloist.keys (key text PRIMARY KEY, fingerprint text NOT NULL,"
+                " position bigint NOT NULL, command_id text NOT NULL);"
+                "INSERT INTO soloist.keys VALUES ('z', 'fp', 1, 'c1'), ('a', 'fp', 2, 'c2'), ('m', 'fp', 1, 'c0')"
+            )
             before = await admin.fetchval("SELECT extract(epoch FROM now())::float8")
         finally:
             await admin.close()
         async with self.make_store() as store:
             await self.become_writer(store)
-            old = (await store.keys())["old"]
-            assert (old.fingerprint, old.position, old.command_id) == ("fp", 1, "c1")
-            assert old.recorded_at >= before
-            await store.append(rows(2, 1), [("new", "fp", 2, "c2", 7.0)], ["old"])
-            assert {k: v.recorded_at for k, v in (await store.keys()).items()} == {"new": 7.0}
+            keys = await store.keys()
+            assert [(k, v.command_id) for k, v in keys.items()] == [("m", "c0"), ("z", "c1"), ("a", "c2")]
+            assert all(v.recorded_at >= before for v in keys.values())
+            await store.append(rows(2, 1), [("new", "fp", 2, "c3", 7.0)], 2)
+            after = {k: v.recorded_at for k, v in (await store.keys()).items()}
+            assert after == {"a": keys["a"].recorded_at, "new": 7.0}
 
     async def test_two_stores_create_one_log(self) -> None:
         """Two stores opening a new database at once create the schema once and agree on the log id."""
