@@ -8,6 +8,9 @@ Measured, on a log that already holds 200k events (steady state, not a fresh fil
    100 submitters, to a copy of the same log, two ways: ``executemany`` + ``commit``, and the writer's own
    one-statement append (``INSERT INTO append_batch`` with the batch as JSON). The faster is the ceiling.
 3. one transaction per command: the same rows, ``INSERT`` + ``commit`` each, to a copy of the same log.
+4. idempotency keys at 100 submitters: every command with its own key, kept forever (``key_ttl=None``) and
+   with ``key_ttl=1`` s (after the first second each commit also deletes about as many expired keys as it
+   stores: the steady state of a service that keys every command).
 
 Each configuration runs ``--runs`` times (default 3) for ``--seconds`` each on a fresh copy of the
 prefilled log; the table shows medians, and the ratios are computed from the medians of this one run.
@@ -100,10 +103,13 @@ def fresh_copy(template: Path, workdir: Path, name: str) -> Path:
     return target
 
 
-async def run_soloist(path: Path, submitters: int, seconds: float) -> dict[str, float]:
-    """``submitters`` tasks each awaiting ``App.execute`` in a loop until the deadline."""
+async def run_soloist(
+    path: Path, submitters: int, seconds: float, *, keyed: bool = False, key_ttl: float | None = None
+) -> dict[str, float]:
+    """``submitters`` tasks each awaiting ``App.execute`` in a loop until the deadline (``keyed``: each
+    command with its own idempotency key)."""
     latencies: list[float] = []
-    async with App(DOMAIN, path) as app:
+    async with App(DOMAIN, path, key_ttl=key_ttl) as app:
         tuning = tune_process(freeze_gc=True)  # as `soloist serve` does once its App has started
         start_position = app.position
         deadline = time.perf_counter() + seconds
@@ -113,11 +119,13 @@ async def run_soloist(path: Path, submitters: int, seconds: float) -> dict[str, 
             clock = time.perf_counter
             execute = app.execute
             record = latencies.append
+            sent = 0
             while True:
                 t0 = clock()
                 if t0 >= deadline:
                     return
-                await execute(Restock(sku=sku, quantity=1))
+                sent += 1
+                await execute(Restock(sku=sku, quantity=1), idempotency_key=f"{n}-{sent}" if keyed else None)
                 record(clock() - t0)
 
         started = time.perf_counter()
@@ -136,6 +144,8 @@ async def run_soloist(path: Path, submitters: int, seconds: float) -> dict[str, 
         "p999_ms": percentile(latencies, 99.9) * 1000,
         "mean_batch": stats.batch_size_mean,
         "commands": len(latencies),
+        "keys_held": stats.keys,
+        "keys_forgotten": stats.keys_forgotten,
     }
 
 
@@ -244,6 +254,7 @@ def main() -> None:
         soloist: dict[int, list[dict[str, float]]] = {n: [] for n in levels}
         raw: list[dict[str, float]] = []
         per_command: list[dict[str, float]] = []
+        keyed: dict[str, list[dict[str, float]]] = {"kept": [], "key_ttl 1 s": []}
         for run in range(args.runs):
             for n in levels:
                 path = fresh_copy(template, workdir, "run.db")
@@ -255,6 +266,9 @@ def main() -> None:
                 raw.append(result | {"batch": batch_at_100, "how": how})
             path = fresh_copy(template, workdir, "run.db")
             per_command.append(uvloop.run(run_per_command(path, args.seconds)))
+            for label, ttl in (("kept", None), ("key_ttl 1 s", 1.0)):
+                path = fresh_copy(template, workdir, "run.db")
+                keyed[label].append(uvloop.run(run_soloist(path, 100, args.seconds, keyed=True, key_ttl=ttl)))
             print(f"run {run + 1}/{args.runs} done", flush=True)
 
         def med(results: list[dict[str, float]], key: str) -> float:
@@ -268,6 +282,20 @@ def main() -> None:
             rows.append(
                 [
                     f"soloist, {n} submitters",
+                    f"{entry['commands_per_s']:,.0f}",
+                    f"{entry['p50_ms']:.2f}",
+                    f"{entry['p99_ms']:.2f}",
+                    f"{entry['p999_ms']:.2f}",
+                    f"{entry['mean_batch']:.1f}",
+                ]
+            )
+        for label, results in keyed.items():
+            entry = {k: med(results, k) for k in ("commands_per_s", "p50_ms", "p99_ms", "p999_ms", "mean_batch")}
+            entry |= {"keys_held": med(results, "keys_held"), "keys_forgotten": med(results, "keys_forgotten")}
+            summary[f"soloist_100_keyed_{label.replace(' ', '_')}"] = entry | {"runs": results}
+            rows.append(
+                [
+                    f"soloist, 100 submitters, keyed, {label} ({entry['keys_held']:,.0f} held at the end)",
                     f"{entry['commands_per_s']:,.0f}",
                     f"{entry['p50_ms']:.2f}",
                     f"{entry['p99_ms']:.2f}",
