@@ -9,7 +9,8 @@ It puts the three SQLite pieces of :mod:`._log` behind the port, each doing what
 - :class:`~._log.LogScanner` serves ``replay``, the start's one pass, row by row on the loop's thread
   (nothing else is served yet, and no GIL hand-over per chunk).
 
-SQLite's ``UNIQUE``/``PRIMARY KEY`` failures become :class:`ConcurrencyError`, as in the other adapters.
+SQLite's ``PRIMARY KEY`` failures (a taken position) become :class:`ConcurrencyError`, as in the other adapters;
+stream versions are not checked here but by the writer and at recovery (see runtime/_log.py).
 SQLite-only operations (pragmas, the upstream log id of a replica process) are on :attr:`log`.
 """
 

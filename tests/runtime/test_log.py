@@ -45,13 +45,15 @@ class TestEventLog:
             assert events[0].data == Moved(account="a", delta=1)
             assert [e.version for e in await reader.read_stream("account-a")] == [1, 2, 3, 4, 5]
 
-    async def test_duplicate_stream_version_is_refused(self, db: Path) -> None:
-        """UNIQUE(stream, version) holds even against a buggy writer; nothing of the batch is kept."""
+    async def test_taken_position_is_refused(self, db: Path) -> None:
+        """The position is the primary key, even against a buggy writer; nothing of the batch is kept (stream
+        versions are the writer's and are checked at recovery: test_wrong_version_is_detected_at_recovery)."""
         async with EventLog(db) as log:
             await log.append(rows(1, 2))
-            clash: EventRow = (3, "account-a", 2, "Moved", 1, b"{}", "c", None, 0.0)
-            with pytest.raises(PersistenceError, match="UNIQUE"):
-                await log.append([clash])
+            clash: list[EventRow] = [(3, "account-b", 1, "Opened", 1, b"{}", "c", None, 0.0)]
+            clash.append((2, "account-a", 3, "Moved", 1, b"{}", "c", None, 0.0))
+            with pytest.raises(PersistenceError, match=r"UNIQUE constraint failed: events\.position"):
+                await log.append(clash)
             assert await log.head() == 2
 
     async def test_gap_is_detected_at_recovery(self, db: Path) -> None:

@@ -163,28 +163,6 @@ class EventStoreContract(ABC):
             assert store.log_id == log_id
             assert await self.positions(store) == [1, 2, 3, 4, 5, 6]
 
-    async def test_stream_version_clash_rejects_the_whole_batch(self) -> None:
-        """A batch with one (stream, version) already in the log is refused whole: no event, no key is kept."""
-        async with self.opened() as store:
-            await store.append(rows(1, 2))
-            clash = [*rows(3, 1, stream="account-b", version=1), *rows(4, 1, stream="account-a", version=2)]
-            with pytest.raises(ConcurrencyError):
-                await store.append(clash, [("k", "fp", 4, "cmd-4", 1.0)])
-            assert await store.head() == 2
-            assert await self.positions(store) == [1, 2]
-            assert await store.read_stream("account-b") == []
-            assert await store.keys() == {}
-            await store.append(rows(3, 1, stream="account-b", version=1))  # the log is still writable
-            assert await store.head() == 3
-
-    async def test_clash_inside_one_batch_rejects_it(self) -> None:
-        """Two rows of one batch with the same (stream, version) are refused, nothing kept."""
-        async with self.opened() as store:
-            batch = [*rows(1, 1), *rows(2, 1, version=1)]
-            with pytest.raises(ConcurrencyError):
-                await store.append(batch)
-            assert await store.head() == 0
-
     async def test_taken_position_is_refused(self) -> None:
         """A batch that reuses a committed position (a stale or second writer) is refused whole."""
         async with self.opened() as store:
@@ -254,3 +232,30 @@ class EventStoreContract(ABC):
             await store.append(rows(2, 1))
         with pytest.raises(PersistenceError):
             await store.read(0)
+
+
+class RefusesVersionClashes(EventStoreContract):
+    """Adapters that check (stream, version) themselves (PostgreSQL's ``UNIQUE``, the in-memory one). The SQLite
+    log leaves versions to its one writer and to recovery (test_sqlite.py says what it does instead)."""
+
+    async def test_stream_version_clash_rejects_the_whole_batch(self) -> None:
+        """A batch with one (stream, version) already in the log is refused whole: no event, no key is kept."""
+        async with self.opened() as store:
+            await store.append(rows(1, 2))
+            clash = [*rows(3, 1, stream="account-b", version=1), *rows(4, 1, stream="account-a", version=2)]
+            with pytest.raises(ConcurrencyError):
+                await store.append(clash, [("k", "fp", 4, "cmd-4", 1.0)])
+            assert await store.head() == 2
+            assert await self.positions(store) == [1, 2]
+            assert await store.read_stream("account-b") == []
+            assert await store.keys() == {}
+            await store.append(rows(3, 1, stream="account-b", version=1))  # the log is still writable
+            assert await store.head() == 3
+
+    async def test_clash_inside_one_batch_rejects_it(self) -> None:
+        """Two rows of one batch with the same (stream, version) are refused, nothing kept."""
+        async with self.opened() as store:
+            batch = [*rows(1, 1), *rows(2, 1, version=1)]
+            with pytest.raises(ConcurrencyError):
+                await store.append(batch)
+            assert await store.head() == 0

@@ -6,10 +6,10 @@ import pytest
 
 from soloist import PersistenceError, StorageFull
 from soloist._memstore import MemoryLog, MemoryStore
-from tests.store.contract import EVENTS, EventStoreContract, rows
+from tests.store.contract import EVENTS, RefusesVersionClashes, rows
 
 
-class TestMemoryStore(EventStoreContract):
+class TestMemoryStore(RefusesVersionClashes):
     @pytest.fixture(autouse=True)
     def _storage(self) -> None:
         self.log = MemoryLog()

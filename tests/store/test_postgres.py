@@ -13,7 +13,7 @@ from soloist import LogCorrupted, PersistenceError, ReadOnlyStorage
 from soloist._errors import Fenced
 from soloist._postgres import PostgresStore
 from soloist._store import EventStore, Lease
-from tests.store.contract import EVENTS, EventStoreContract, rows
+from tests.store.contract import EVENTS, RefusesVersionClashes, rows
 
 TTL = 0.5  # seconds; the fencing tests wait for a lease to expire (time is the behaviour there)
 
@@ -23,7 +23,7 @@ async def wait_until_expired(store: PostgresStore) -> None:
     await anyio.sleep(TTL + 0.2)
 
 
-class TestPostgresStore(EventStoreContract):
+class TestPostgresStore(RefusesVersionClashes):
     @pytest.fixture(autouse=True)
     def _storage(self, postgres_dsn: str) -> None:
         self.dsn = postgres_dsn
