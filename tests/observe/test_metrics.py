@@ -81,7 +81,7 @@ class TestMetrics:
             assert value(before, "soloist_commands_accepted_total") == 0
             assert value(before, "soloist_command_latency_seconds_count") == 0
             assert value(before, "soloist_info", role="writer") == 1
-            await app.execute(Open(account="a"))
+            await app.execute(Open(account="a"), idempotency_key="open-a")
             for _ in range(5):
                 await app.execute(Deposit(account="a", amount=2))
             with pytest.raises(DomainError, match="positive"):
@@ -93,6 +93,8 @@ class TestMetrics:
             assert value(after, "soloist_position") == 6
             assert value(after, "soloist_queue_peak_depth") >= 1
             assert value(after, "soloist_queue_capacity") == 8192
+            assert value(after, "soloist_idempotency_keys") == 1
+            assert value(after, "soloist_idempotency_keys_forgotten_total") == 0
             assert value(after, "soloist_batch_size_commands_count") == 7  # one batch per awaited command
             assert value(after, "soloist_batch_size_commands_sum") == 7
             assert value(after, "soloist_commit_duration_seconds_count") == 6  # the rejected batch wrote nothing
