@@ -8,7 +8,7 @@
   violated). Reading one stream is a scan (``read_stream``: tools and tests, not the serving path).
 - ``idempotency`` rows are written in the same transaction as the events the command produced, appended in
   commit order (a rowid table with no index on the key: the writer owns the keys' uniqueness in memory, and a
-  B-tree on random keys dirtied a page per key: keyed commands ran at 0.63x of unkeyed ones, 0.90x without
+  B-tree on random keys dirtied a page per key: keyed commands ran at 0.61x of unkeyed ones, 0.85x without
   it); the writer deletes the oldest ones once ``key_ttl`` has passed.
 - :class:`EventLog` is the write side (one connection, owned by the writer, plus an OS lock file so
   that a second writer *process* fails fast); :class:`LogReader` is a read-only connection for
