@@ -55,7 +55,7 @@ from ._errors import (
 )
 from ._gc import gc_paused
 from ._messages import RecordedEvent, TypeRegistry
-from ._store import EventRow, KeyRow, StoredKey
+from ._store import EventRow, Forget, KeyRow, StoredKey
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -130,7 +130,10 @@ _INSERT_EVENT: Final = (
 _INSERT_KEY: Final = (
     "INSERT INTO idempotency (key, fingerprint, position, command_id, recorded_at) VALUES (?, ?, ?, ?, ?)"
 )
-_FORGET_KEYS: Final = "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency ORDER BY rowid LIMIT ?)"
+_FORGET_KEYS: Final = (
+    "DELETE FROM idempotency WHERE rowid IN "
+    "(SELECT rowid FROM idempotency WHERE recorded_at < ? ORDER BY rowid LIMIT ?)"
+)
 # A chunk as ONE row holding a JSON array of rows (one step, see the module docstring). The event body
 # is embedded as JSON (json(data)); recorded_at goes through %!.17g so the double round-trips exactly.
 _CHUNK_COLUMNS: Final = (
@@ -478,9 +481,9 @@ class EventLog:
             raise PersistenceError(f"the event log {self.path} is not open; use `async with EventLog(...)`")
         return asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Forget | None = None) -> None:
         """Append a batch of events (and the idempotency keys they answer) in one durable transaction, which
-        first deletes the ``forget`` oldest keys."""
+        first deletes the expired keys ``forget`` names."""
         conn = self._c
         what = f"appending {len(rows)} events to {self.path}"
         try:
@@ -503,10 +506,10 @@ class EventLog:
         await self._on_thread(lambda: self._commit(what))
         self._count(rows)
 
-    def _insert(self, rows: Sequence[EventRow], keys: Sequence[KeyRow], forget: int) -> None:
+    def _insert(self, rows: Sequence[EventRow], keys: Sequence[KeyRow], forget: Forget | None) -> None:
         conn = self._c
-        if forget:  # first, so the inserts below are never among the oldest
-            conn.execute(_FORGET_KEYS, (forget,))
+        if forget is not None:  # first, so the inserts below are never among the oldest
+            conn.execute(_FORGET_KEYS, (forget.before, forget.limit))
         conn.executemany(_INSERT_EVENT, rows)
         if keys:
             conn.executemany(_INSERT_KEY, keys)
@@ -595,7 +598,9 @@ class EventLog:
         finally:
             executor.shutdown(wait=False)
 
-    def _insert_and_commit(self, rows: Sequence[EventRow], keys: Sequence[KeyRow], forget: int, what: str) -> None:
+    def _insert_and_commit(
+        self, rows: Sequence[EventRow], keys: Sequence[KeyRow], forget: Forget | None, what: str
+    ) -> None:
         conn = self._c
         try:
             conn.execute("BEGIN IMMEDIATE")

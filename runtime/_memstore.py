@@ -21,7 +21,7 @@ import anyio
 
 from ._errors import ConcurrencyError, PersistenceError
 from ._log import decode_rows, replay_reads
-from ._store import EventRow, KeyRow, StoredKey
+from ._store import EventRow, Forget, KeyRow, StoredKey
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -93,7 +93,7 @@ class MemoryStore:
             raise PersistenceError("the in-memory event store is not open; use `async with MemoryStore(...)`")
         return self._log
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Forget | None = None) -> None:
         log = self._check_open()
         fault = self._faults.pop(0) if self._faults else None
         if fault is not None and not fault.after_commit:
@@ -102,8 +102,10 @@ class MemoryStore:
         log = self._check_open()
         self._validate(log, rows)
         # commit: nothing below can fail
-        for key in list(itertools.islice(log.keys, forget)):  # the oldest: a dict keeps insertion order
-            del log.keys[key]
+        if forget is not None:  # the oldest recorded before the bound: a dict keeps insertion order
+            expired = (key for key, stored in log.keys.items() if stored.recorded_at < forget.before)
+            for key in list(itertools.islice(expired, forget.limit)):
+                del log.keys[key]
         for row in rows:
             position, stream, version = row[0], row[1], row[2]
             log.positions[position] = len(log.rows)

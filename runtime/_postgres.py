@@ -45,7 +45,7 @@ from ._errors import (
     StorageFull,
 )
 from ._log import StoredRow, decode_rows, replay_reads
-from ._store import EventRow, KeyRow, StoredKey
+from ._store import EventRow, Forget, KeyRow, StoredKey
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -109,7 +109,8 @@ ALTER TABLE {s}.keys_log RENAME TO keys;
 
 # One statement per batch. `lease` renews this writer's lease iff it is still current; `ok` adds the
 # gap check (the batch starts right after the committed head); the inserts and the deletion of the $18
-# oldest keys run only if `ok` has a row (the deletion sees the statement's snapshot: never the new keys).
+# oldest keys recorded before $19 run only if `ok` has a row (the deletion sees the statement's snapshot:
+# never the new keys).
 # The outer SELECT tells the two failures apart: no lease row -> Fenced, lease but no `ok` -> a gap.
 _APPEND: Final = """
 WITH lease AS (
@@ -125,7 +126,8 @@ WITH lease AS (
                          $7::text[], $8::text[], $9::float8[])
     WHERE EXISTS (SELECT 1 FROM ok)
 ), gone AS (
-    DELETE FROM {s}.keys WHERE id IN (SELECT id FROM {s}.keys ORDER BY id LIMIT $18::bigint)
+    DELETE FROM {s}.keys
+    WHERE id IN (SELECT id FROM {s}.keys WHERE recorded_at < $19::float8 ORDER BY id LIMIT $18::bigint)
     AND EXISTS (SELECT 1 FROM ok)
 ), k AS (
     INSERT INTO {s}.keys (key, fingerprint, position, command_id, recorded_at)
@@ -478,7 +480,7 @@ class PostgresStore:
 
     # -- the port -----------------------------------------------------------------------------------------
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Forget | None = None) -> None:
         self._readers()  # raises if the store is not open
         epoch = self._require_epoch(f"append {len(rows)} events")
         first: int | None = None
@@ -500,7 +502,8 @@ class PostgresStore:
                     epoch,
                     None if first is None else first - 1,
                     *key_columns,
-                    forget,
+                    0 if forget is None else forget.limit,
+                    0.0 if forget is None else forget.before,
                 )
         except _DRIVER_ERRORS as exc:
             raise self._translate(exc, f"appending {len(rows)} events") from exc

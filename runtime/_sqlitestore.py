@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from ._messages import RecordedEvent, TypeRegistry
-    from ._store import EventRow, KeyRow, StoredKey
+    from ._store import EventRow, Forget, KeyRow, StoredKey
 
 __all__ = ["SQLiteStore"]
 
@@ -73,7 +73,7 @@ class SQLiteStore:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Forget | None = None) -> None:
         if rows and (rows[0][0] != self._head + 1 or rows[-1][0] - rows[0][0] != len(rows) - 1):
             # the flock keeps other writers out, so the head is known: two comparisons, no query
             raise ConcurrencyError(

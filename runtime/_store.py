@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EventRow",
     "EventStore",
+    "Forget",
     "KeyRow",
     "Lease",
     "StoredKey",
@@ -68,6 +69,15 @@ class StoredKey(NamedTuple):
     recorded_at: float  # time.time() of the batch that stored it: the key is forgotten ``key_ttl`` after it
 
 
+class Forget(NamedTuple):
+    """Expired idempotency keys an append deletes: at most ``limit`` of the oldest (commit order), and only
+    keys recorded before ``before``. The time bound makes a deletion safe to repeat: whatever an earlier,
+    ambiguous append deleted, no key is ever deleted before its time."""
+
+    limit: int
+    before: float
+
+
 class EventStore(Protocol):
     """The log, as the writer, the replicas and recovery see it."""
 
@@ -82,9 +92,9 @@ class EventStore(Protocol):
         """Release connections and locks; safe to call twice and from a cancelled task."""
         ...
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Forget | None = None) -> None:
         """Append the events of a batch and the idempotency keys they answer in one durable transaction, which
-        first deletes the ``forget`` oldest keys (keys are kept in commit order; their uniqueness is the
+        first deletes the expired keys ``forget`` names (keys are kept in commit order; their uniqueness is the
         writer's: a store neither indexes nor checks them)."""
         ...
 

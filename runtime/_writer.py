@@ -63,7 +63,7 @@ from ._errors import (
 from ._gc import gc_paused
 from ._guard import SingleWriterGuard
 from ._messages import Batch, Receipt, RecordedEvent, TypeRegistry, encode, fingerprint
-from ._store import EventRow, KeyRow, StoredKey
+from ._store import EventRow, Forget, KeyRow, StoredKey
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -670,8 +670,8 @@ class Writer:
         commands = sum(d.commands for d in group)
         stats = self._stats
         key_times = self._key_times
-        forget = self._expired() if key_times else 0
-        if rows or key_rows or forget:
+        forget = self._expired() if key_times else None
+        if rows or key_rows or forget is not None:
             commit_started = time.perf_counter()
             try:
                 await self._log.append(rows, key_rows, forget)
@@ -698,10 +698,10 @@ class Writer:
         self._undurable -= commands
         keys, pending_keys = self._keys, self._pending_keys
         expiring = self._key_ttl is not None
-        if forget:  # deleted from the log: only now may a later command use these keys again
-            for _ in range(forget):
+        if forget is not None:  # deleted from the log: only now may a later command use these keys again
+            for _ in range(forget.limit):
                 keys.pop(key_times.popleft()[1], None)
-            stats.keys_forgotten += forget
+            stats.keys_forgotten += forget.limit
         for d in group:
             for key, stored in d.keys:
                 keys[key] = stored
@@ -727,7 +727,7 @@ class Writer:
                     if not sub.future.done():
                         sub.future.set_exception(outcome)
         if self.observer is not None:  # metrics: one call per commit, nothing per command when off
-            wrote = bool(rows or key_rows or forget)
+            wrote = bool(rows or key_rows or forget is not None)
             submitted = [sub.submitted for d in group for sub, _ in d.outcomes]
             self.observer(stats.commit_ms / 1000 if wrote else None, submitted, time.perf_counter())
         _log.debug(
@@ -741,19 +741,24 @@ class Writer:
         if rows:
             self._publish(Batch(events=_recorded(rows, objects), committed_at=committed_at))
 
-    def _expired(self) -> int:
-        """How many of the oldest keys (commit order, as the log keeps them) are past ``key_ttl``: at most
-        _FORGET_MAX (a backlog is deleted over several commits), up to the first that is not."""
+    def _expired(self) -> Forget | None:
+        """The oldest keys (commit order, as the log keeps them) past ``key_ttl``, up to the first that is not
+        and at most _FORGET_MAX (a backlog is deleted over several commits); None if there are none.
+
+        The log deletes as many of its oldest keys recorded before the same cutoff: the same ones, unless an
+        append whose outcome was unknown (a lost connection) deleted some already; then it deletes other
+        expired ones or none, never a key before its time, and the writer's memory catches up as it goes.
+        """
         ttl = self._key_ttl
         if ttl is None:
-            return 0
+            return None
         cutoff = self._clock() - ttl
         expired = 0
         for recorded_at, _ in self._key_times:
             if recorded_at >= cutoff or expired == _FORGET_MAX:
                 break
             expired += 1
-        return expired
+        return _new_tuple(Forget, (expired, cutoff)) if expired else None
 
     def _roll_back(
         self, failed: list[_Decided], error: CQRSError, on_top_error: CQRSError, on_top: Sequence[_Decided] = ()

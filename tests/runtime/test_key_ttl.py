@@ -13,7 +13,10 @@ import anyio
 import pytest
 
 import soloist._writer as writer_module
-from soloist import App, DomainError, ReadOnlyStorage
+from soloist import App, DomainError, PersistenceError, ReadOnlyStorage
+from soloist._memstore import MemoryLog, MemoryStore
+from soloist._messages import TypeRegistry
+from soloist._writer import Writer
 from tests.runtime.test_writer_pipeline import Probe, serving
 from tests.toy import BANK, Account, Deposit, Open
 
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 TTL = 60.0
+EVENTS = TypeRegistry("event", BANK.events)
+COMMANDS = TypeRegistry("command", BANK.commands)
 
 
 class Clock:
@@ -123,6 +128,36 @@ class TestKeyTTL:
                     await writer.submit(Deposit(account="a", amount=1))
                     left.append(sorted(stored(db)))
         assert left == [["k2", "k3", "k4"], ["k4"], []]
+
+    async def test_a_deletion_of_unknown_outcome_never_costs_a_live_key(self) -> None:
+        """The commit that deletes two expired keys fails after the store committed it (a lost connection):
+        the writer still remembers them and asks again; the store, whose oldest keys are now live, deletes
+        none of them. Without the time bound it would have deleted the next two, hours early."""
+        clock = Clock()
+        log = MemoryLog()
+        async with MemoryStore(EVENTS, log) as store:
+            writer = Writer(
+                BANK, store, commands=COMMANDS, events=EVENTS, publish=lambda _: None, key_ttl=TTL, clock=clock
+            )
+            async with anyio.create_task_group() as tg:
+                await tg.start(writer.run)
+                with anyio.fail_after(10):
+                    await writer.submit(Open(account="a"))
+                    start = clock.now
+                    for i in range(4):
+                        await writer.submit(Deposit(account="a", amount=1), idempotency_key=f"k{i}")
+                        clock.now += 1
+                    clock.now = start + TTL + 1.5  # k0 and k1 have expired, k2 and k3 not
+                    store.fail_next_append(PersistenceError("injected: connection lost"), after_commit=True)
+                    with pytest.raises(PersistenceError, match="injected"):
+                        await writer.submit(Deposit(account="a", amount=0))  # refused: only the deletion
+                    assert list(log.keys) == ["k2", "k3"]  # the store did delete k0 and k1
+                    assert writer.statistics().keys == 4  # the writer does not know it
+                    with pytest.raises(DomainError):
+                        await writer.submit(Deposit(account="a", amount=0))  # asks again for k0 and k1
+                    assert list(log.keys) == ["k2", "k3"]
+                    assert writer.statistics().keys == 2
+                writer.close()
 
     async def test_no_ttl_keeps_keys_forever(self, db: Path) -> None:
         clock = Clock()

@@ -36,6 +36,7 @@ from soloist import (
 from soloist._log import _MIGRATE_KEYS, EventLog
 from soloist._messages import Batch, RecordedEvent, TypeRegistry
 from soloist._sqlitestore import SQLiteStore
+from soloist._store import Forget
 from soloist._writer import Writer
 from tests.toy import BANK, Account, Deposit, Open, Transfer, Withdraw
 
@@ -68,7 +69,7 @@ class GatedLog:
         """Set when append ``n`` has started (and is waiting at its gate, if it has one)."""
         return self.arrived.setdefault(n, anyio.Event())
 
-    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: int = 0) -> None:
+    async def append(self, rows: Sequence[EventRow], keys: Sequence[KeyRow] = (), forget: Forget | None = None) -> None:
         self.calls += 1
         n = self.calls
         self.sizes.append(len(rows))
@@ -542,7 +543,7 @@ class TestKeyMigration:
             keys = await log.keys()
             assert list(keys) == ["first", "noop", "open-a"]  # by position, then key
             assert all(before <= k.recorded_at <= time.time() for k in keys.values())
-            await log.append([], [("new", "fp", 1, "cmd-2", 1.0)], forget=2)
+            await log.append([], [("new", "fp", 1, "cmd-2", 1.0)], Forget(2, time.time()))
             assert list(await log.keys()) == ["open-a", "new"]
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT count(*) FROM pragma_index_list('idempotency')").fetchone() == (0,)

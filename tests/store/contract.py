@@ -11,7 +11,7 @@ import pytest
 
 from soloist import ConcurrencyError, PersistenceError
 from soloist._messages import TypeRegistry, encode
-from soloist._store import EventRow, KeyRow, StoredKey
+from soloist._store import EventRow, Forget, KeyRow, StoredKey
 from tests.toy import BANK, Moved, Opened
 
 if TYPE_CHECKING:
@@ -180,19 +180,19 @@ class EventStoreContract(ABC):
             assert await self.positions(store) == [1, 2, 3]
 
     async def test_keys_are_kept_in_commit_order_and_the_oldest_forgotten(self) -> None:
-        """Keys come back in commit order. ``forget=n`` deletes the n oldest in the batch's own transaction,
-        before its inserts (never one of its own); a refused batch deletes nothing; a batch may only delete;
-        more than there are is no error; a deleted key can be stored again."""
+        """Keys come back in commit order. ``Forget(n, before)`` deletes the n oldest recorded before ``before``,
+        in the batch's own transaction and before its inserts (never one of its own); a refused batch deletes
+        nothing; a batch may only delete; more than there are is no error; a deleted key can be stored again."""
         async with self.opened() as store:
             await store.append(rows(1, 2), [("b", "fp", 1, "c1", 1.0), ("a", "fp", 2, "c2", 2.0)])
             await store.append([], [("c", "fp", 2, "c3", 3.0)])
             assert list(await store.keys()) == ["b", "a", "c"]
             with pytest.raises(ConcurrencyError):
-                await store.append(rows(5, 1), [], 1)  # a gap: refused whole
+                await store.append(rows(5, 1), [], Forget(1, 10.0))  # a gap: refused whole
             assert list(await store.keys()) == ["b", "a", "c"]
-            await store.append(rows(3, 1), [("d", "fp", 3, "c4", 4.0), ("e", "fp", 3, "c5", 5.0)], 2)
+            await store.append(rows(3, 1), [("d", "fp", 3, "c4", 4.0), ("e", "fp", 3, "c5", 5.0)], Forget(2, 10.0))
             assert list(await store.keys()) == ["c", "d", "e"]
-            await store.append([], [], 1)  # deletions only
+            await store.append([], [], Forget(1, 10.0))  # deletions only
             await store.append([], [("b", "fp-new", 3, "c6", 6.0)])
             assert await store.head() == 3
         async with self.opened() as store:
@@ -201,8 +201,21 @@ class EventStoreContract(ABC):
                 ("e", StoredKey("fp", 3, "c5", 5.0)),
                 ("b", StoredKey("fp-new", 3, "c6", 6.0)),
             ]
-            await store.append([], [], 10)
+            await store.append([], [], Forget(10, 100.0))
             assert await store.keys() == {}
+
+    async def test_no_key_is_forgotten_before_its_time(self) -> None:
+        """Only keys recorded before ``before`` go, whatever the limit: repeating a deletion whose first outcome
+        was unknown deletes other expired keys or none, never a live one. Among the expired, the oldest
+        first, in commit order (a later key may carry an earlier time: the clock moved back)."""
+        async with self.opened() as store:
+            await store.append([], [("x", "fp", 0, "c1", 5.0), ("y", "fp", 0, "c2", 1.0), ("z", "fp", 0, "c3", 2.0)])
+            await store.append([], [], Forget(1, 3.0))  # "x" is live: the oldest expired is "y"
+            assert list(await store.keys()) == ["x", "z"]
+            await store.append([], [], Forget(3, 3.0))
+            assert list(await store.keys()) == ["x"]
+            await store.append([], [], Forget(3, 3.0))  # repeated: nothing expired is left
+            assert list(await store.keys()) == ["x"]
 
     async def test_concurrent_reads_while_appending(self) -> None:
         """A reader following the log while batches commit sees every position once, in order, never a gap."""

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from soloist import LogCorrupted, PersistenceError, ReadOnlyStorage
 from soloist._errors import Fenced
 from soloist._postgres import PostgresStore
-from soloist._store import EventStore, Lease
+from soloist._store import EventStore, Forget, Lease
 from tests.store.contract import EVENTS, RefusesVersionClashes, rows
 
 TTL = 0.5  # seconds; the fencing tests wait for a lease to expire (time is the behaviour there)
@@ -189,7 +189,7 @@ class TestPostgresStore(RefusesVersionClashes):
             keys = await store.keys()
             assert [(k, v.command_id) for k, v in keys.items()] == [("m", "c0"), ("z", "c1"), ("a", "c2")]
             assert all(v.recorded_at >= before for v in keys.values())
-            await store.append(rows(2, 1), [("new", "fp", 2, "c3", 7.0)], 2)
+            await store.append(rows(2, 1), [("new", "fp", 2, "c3", 7.0)], Forget(2, before + 3600))
             after = {k: v.recorded_at for k, v in (await store.keys()).items()}
             assert after == {"a": keys["a"].recorded_at, "new": 7.0}
 
