@@ -80,7 +80,12 @@ _GATHER_FROM = 16  # a commit that acknowledged fewer commands is not followed b
 DEFAULT_KEY_TTL: Final = 86_400.0  # a day: how long an idempotency key is remembered at least (Writer)
 _FORGET_MAX = 4096  # expired keys deleted per commit at most: a backlog goes over several commits
 _log = structlog.get_logger("soloist.writer")
-_decode_checkpoint: Final = msgspec.json.Decoder(list[tuple[str, int, str, msgspec.Raw]]).decode
+# The write model's checkpoint: {"by_type": [[state type name, [[stream, version, state], ...]], ...]}, so that
+# one typed decode call reads every state of a type. The format before (still read) was a JSON array of
+# [stream, version, state type name, state], decoded one state at a time: 233k shop states loaded in 1.10-1.29 s
+# that way, 0.86-0.96 s grouped, in the same runs (a dict of states per type, decoded by msgspec: 1.48 s).
+_decode_checkpoint: Final = msgspec.json.Decoder(dict[str, list[tuple[str, msgspec.Raw]]]).decode
+_decode_checkpoint_rows: Final = msgspec.json.Decoder(list[tuple[str, int, str, msgspec.Raw]]).decode
 _ABSENT: Final = object()
 _new_tuple: Final = tuple.__new__
 
@@ -300,13 +305,22 @@ class Writer:
     def _load_checkpoint(self, body: bytes) -> tuple[dict[str, object], dict[str, int]]:
         if self._state_types is None:
             raise ValueError("the domain declares no state types (Domain.states); the log is replayed instead")
-        decoder = self._state_types.decoder
         states: dict[str, object] = {}
         versions: dict[str, int] = {}
         with gc_paused():
-            for stream, version, type_name, state in _decode_checkpoint(body):
-                states[stream] = decoder(type_name)(state)
-                versions[stream] = version
+            if body[:1] == b"[":  # the format before states were grouped by type: one decode per state
+                decoder = self._state_types.decoder
+                for stream, version, type_name, state in _decode_checkpoint_rows(body):
+                    states[stream] = decoder(type_name)(state)
+                    versions[stream] = version
+                return states, versions
+            class_of = self._state_types.class_of
+            for type_name, rows in _decode_checkpoint(body)["by_type"]:
+                cls = class_of(type_name)
+                decode = msgspec.json.Decoder(list[tuple[str, int, cls]]).decode  # type: ignore[valid-type]
+                for stream, version, state in decode(rows):
+                    states[stream] = state
+                    versions[stream] = version
         return states, versions
 
     def replay(self, chunk: Sequence[RecordedEvent]) -> None:
@@ -357,9 +371,9 @@ class Writer:
 
         Matches the log at ``position``: the batches decided but not yet durable are taken out of the copy
         with their undo journals (newest first). States are immutable values, so shallow copies of the two
-        dicts are a consistent checkpoint; ``serialise`` (JSON: one ``[stream, version, state type, state]``
-        row per stream, decoded by the domain's state types) may then run in a worker thread while the
-        writer goes on.
+        dicts are a consistent checkpoint; ``serialise`` (JSON: the states grouped by state type, one
+        ``[stream, version, state]`` row each, so that loading decodes each type in one call) may then run
+        in a worker thread while the writer goes on.
         """
         if self._state_types is None:
             return None
@@ -368,7 +382,13 @@ class Writer:
             _undo(states, versions, list(decided.undo), 0)
 
         def serialise() -> bytes:
-            return encode([(stream, versions[stream], name_of(state), state) for stream, state in states.items()])
+            by_type: dict[str, list[tuple[str, int, object]]] = {}
+            for stream, state in states.items():
+                rows = by_type.get(name := name_of(state))
+                if rows is None:
+                    rows = by_type[name] = []
+                rows.append((stream, versions[stream], state))
+            return encode({"by_type": list(by_type.items())})
 
         return self._position, serialise
 

@@ -32,6 +32,7 @@ from soloist import (
     WriterLocked,
 )
 from soloist._guard import SingleWriterGuard
+from soloist._messages import encode
 from soloist._snapshot import SnapshotStore
 from tests.toy import BANK, Account, Crash, Deposit, Open, Opened, Transfer, Withdraw
 
@@ -321,6 +322,33 @@ class TestWriterCheckpoint:
         (recovered,) = [e for e in logs if e["event"] == "writer_recovered"]
         assert recovered["from_checkpoint"] == checkpointed
         assert recovered["events"] == 2
+
+    async def test_checkpoint_of_the_previous_format_loads(self, db: Path, tmp_path: Path) -> None:
+        """A checkpoint written before states were grouped by type (one ``[stream, version, type, state]`` row
+        per stream) still loads: nothing is replayed; the next checkpoint is written grouped."""
+        snaps = tmp_path / "snaps"
+        async with App(BANK, db, replicas=1, snapshot_dir=snaps) as app:
+            await app.execute(Open(account="a"))
+            await app.execute(Open(account="b"))
+            await app.execute(Deposit(account="a", amount=3))
+            live = dict(app.writer.states)
+            log_id = app.log.log_id
+        store = SnapshotStore(snaps, domain="bank.writer")
+        store.log_id = log_id
+        for old in snaps.glob("bank.writer-*.snapshot"):
+            old.unlink()
+        rows = [(stream, 1 if stream == "account-b" else 2, "Account", state) for stream, state in live.items()]
+        store.write_bytes(3, encode(rows))
+        with capture_logs() as logs:
+            async with App(BANK, db, replicas=1, snapshot_dir=snaps) as again:
+                assert dict(again.writer.states) == live
+                assert dict(again.writer._versions) == {"account-a": 2, "account-b": 1}
+                await again.execute(Deposit(account="b", amount=1))  # the exit's checkpoint: position 4
+        (recovered,) = [e for e in logs if e["event"] == "writer_recovered"]
+        assert (recovered["from_checkpoint"], recovered["events"]) == (3, 0)
+        *_, newest = sorted(snaps.glob("bank.writer-*.snapshot"))
+        assert newest.name.endswith(f"{4:020d}.snapshot")
+        assert b'{"by_type":[["Account",[["account-a",2,' in newest.read_bytes()
 
     async def test_unloadable_checkpoint_falls_back_to_full_replay(self, db: Path, tmp_path: Path) -> None:
         """A writer checkpoint whose body does not unpickle is skipped; the whole log is replayed."""
