@@ -380,9 +380,9 @@ class TestAcknowledgement:
             live = dict(writer.states)
             release.set()
             await settle(held)
-        rows = msgspec.json.decode(serialise())
-        states = {stream: msgspec.convert(state, Account) for stream, _, _, state in rows}
-        versions = {stream: version for stream, version, _, _ in rows}
+        rows = [row for _, of_type in msgspec.json.decode(serialise())["by_type"] for row in of_type]
+        states = {stream: msgspec.convert(state, Account) for stream, _, state in rows}
+        versions = {stream: version for stream, version, _ in rows}
         assert position == 2
         assert states == {"account-a": Account(balance=4)}
         assert versions == {"account-a": 2}
