@@ -64,7 +64,7 @@ from ._replica import Replica, ReplicaStatistics
 from ._snapshot import SnapshotStore
 from ._sqlitestore import SQLiteStore
 from ._store import EventStore, Lease, describe_target, is_postgres_url, open_store
-from ._writer import DEFAULT_KEY_TTL, Reply, Writer, WriterStatistics
+from ._writer import DEFAULT_KEY_TTL, Reply, Writer, WriterStatistics, check_key_ttl
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -157,8 +157,7 @@ class App:
             raise ValueError("standby=True needs a shared log (a postgresql:// URL); a SQLite file has one writer")
         if follower_of is not None and self.shared:
             raise ValueError("follower_of needs a local SQLite log; on PostgreSQL start a standby (standby=True)")
-        if key_ttl is not None and not key_ttl > 0:
-            raise ValueError(f"key_ttl ({key_ttl}) is in seconds and must be positive, or None to keep keys forever")
+        check_key_ttl(key_ttl)  # here as well as in the Writer: a bad value fails at construction, not at start
         if lease_ttl <= 0 or poll_interval <= 0:
             raise ValueError(f"lease_ttl ({lease_ttl}) and poll_interval ({poll_interval}) must be positive")
         self._path = None if self.shared else Path(log)

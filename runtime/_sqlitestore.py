@@ -87,8 +87,8 @@ class SQLiteStore:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 span = f"positions {rows[0][0]}..{rows[-1][0]}" if rows else "no events"
                 raise ConcurrencyError(
-                    f"{self.path}: the batch of {len(rows)} events ({span}) and {len(keys)} keys clashes "
-                    f"with the log ({exc.__cause__}); another writer appended or the writer's state is stale: "
+                    f"{self.path}: the batch of {len(rows)} events ({span}) clashes with the log "
+                    f"({exc.__cause__}); another writer appended or the writer's state is stale: "
                     "restart it so that it recovers from the log"
                 ) from exc
             raise

@@ -79,6 +79,14 @@ __all__ = ["Reply", "Writer", "WriterStatistics"]
 _GATHER_FROM = 16  # a commit that acknowledged fewer commands is not followed by a gathering wait
 DEFAULT_KEY_TTL: Final = 86_400.0  # a day: how long an idempotency key is remembered at least (Writer)
 _FORGET_MAX = 4096  # expired keys deleted per commit at most: a backlog goes over several commits
+
+
+def check_key_ttl(key_ttl: float | None) -> None:
+    """Refuse a ``key_ttl`` that is not a positive number of seconds (None: keys are kept forever)."""
+    if key_ttl is not None and not key_ttl > 0:
+        raise ValueError(f"key_ttl ({key_ttl}) is in seconds and must be positive, or None to keep keys forever")
+
+
 _log = structlog.get_logger("soloist.writer")
 # The write model's checkpoint: {"by_type": [[state type name, [[stream, version, state], ...]], ...]}, so that
 # one typed decode call reads every state of a type. The format before (still read) was a JSON array of
@@ -204,8 +212,7 @@ class Writer:
         key_ttl: float | None = DEFAULT_KEY_TTL,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if key_ttl is not None and not key_ttl > 0:
-            raise ValueError(f"key_ttl ({key_ttl}) is in seconds and must be positive, or None to keep keys forever")
+        check_key_ttl(key_ttl)
         if max_undurable is None:
             max_undurable = 2 * max_batch
         if capacity < 1 or max_batch < 1 or max_undurable < 1:
